@@ -1,0 +1,107 @@
+//! Build every guest crate as a wasm32-wasip2 component with a nested cargo, into its own
+//! target directory (so it never contends with the outer build's lock), and generate
+//! constants pointing at the results. The pattern is wasmtime's test-programs artifacts.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (package, embedded in the host binary?)
+const GUESTS: &[(&str, bool)] = &[
+    ("raw-logs", true),
+    ("raw-queries", true),
+    ("raw-host-logs", true),
+    ("otel-metrics", true),
+    ("team-enrich", false),
+    ("hostile", false),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.ancestors().nth(2).unwrap().to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: share one guest target dir per
+    // outer target dir, so debug and release builds reuse the same guest builds.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .map(|t| t.join("guest-wasm"))
+        .unwrap_or_else(|| root.join("target/guest-wasm"));
+
+    for dir in ["wit", "guest-transforms", "Cargo.lock", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for (pkg, _) in GUESTS {
+        cmd.args(["-p", pkg]);
+    }
+    // Settings meant for the outer (host) build must not leak into the wasm build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "__CARGO_FIX_PLZ",
+        "CLIPPY_ARGS",
+        "CLIPPY_CONF_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .expect("failed to run cargo to build the wasm guests");
+    assert!(
+        status.success(),
+        "building the wasm guests failed ({status}); is the wasm32-wasip2 target installed? \
+         run `rustup target add wasm32-wasip2`"
+    );
+
+    let wasm_dir = target_dir.join("wasm32-wasip2/guest");
+    let mut code = String::new();
+    let mut bundled = String::new();
+    for (pkg, embed) in GUESTS {
+        let file = wasm_dir.join(format!("{}.wasm", pkg.replace('-', "_")));
+        assert!(file.exists(), "guest build produced no {}", file.display());
+        let konst = pkg.replace('-', "_").to_uppercase();
+        writeln!(
+            code,
+            "/// Path of the `{pkg}` component.\npub const {konst}_PATH: &str = {:?};",
+            path_str(&file)
+        )
+        .unwrap();
+        if *embed {
+            writeln!(
+                code,
+                "/// The `{pkg}` component's bytes.\npub const {konst}: &[u8] = include_bytes!({:?});",
+                path_str(&file)
+            )
+            .unwrap();
+            writeln!(bundled, "    ({pkg:?}, {konst}),").unwrap();
+        }
+    }
+    writeln!(
+        code,
+        "/// The bundled transforms embedded in the host: (name, component bytes).\n\
+         pub const BUNDLED: &[(&str, &[u8])] = &[\n{bundled}];"
+    )
+    .unwrap();
+    std::fs::write(out_dir.join("artifacts.rs"), code).unwrap();
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().expect("non-UTF-8 build path").to_string()
+}

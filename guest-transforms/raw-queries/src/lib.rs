@@ -1,0 +1,23 @@
+//! The bundled `raw-queries` transform component: a thin wrapper around
+//! [`vast_transform_sdk::transforms::raw_queries`], which holds the logic and its tests.
+
+use vast_transform_sdk::{Guest, Message, Outcome, export_transform, transforms};
+
+struct RawQueries;
+
+impl Guest for RawQueries {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        match config.first() {
+            None => Ok(()),
+            Some((key, _)) => Err(format!(
+                "unknown config key `{key}`: the raw-queries transform takes no configuration"
+            )),
+        }
+    }
+
+    fn process(batch: Vec<Message>) -> Vec<Outcome> {
+        vast_transform_sdk::process_each(&batch, transforms::raw_queries)
+    }
+}
+
+export_transform!(RawQueries);

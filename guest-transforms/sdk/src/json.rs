@@ -1,0 +1,182 @@
+//! JSON helpers for collector payloads: fields parsed lazily as raw JSON, scalars that may be
+//! numbers or numeric strings, and Python-compatible text rendering.
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The kind of a raw JSON value, read from its first byte (serde_json guarantees no
+/// leading whitespace in a `RawValue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Object,
+    Array,
+}
+
+/// Classify a raw JSON value.
+pub fn kind(raw: &RawValue) -> Kind {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => Kind::Null,
+        Some(b't' | b'f') => Kind::Bool,
+        Some(b'"') => Kind::String,
+        Some(b'{') => Kind::Object,
+        Some(b'[') => Kind::Array,
+        _ => Kind::Number,
+    }
+}
+
+/// A JSON string value, unescaped only when it contains escapes.
+pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if kind(raw) != Kind::String {
+        return None;
+    }
+    let s = raw.get();
+    let inner = &s[1..s.len() - 1];
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+}
+
+/// The text of a scalar as Python's `str()` would render the decoded value, used where the
+/// original processor formatted values into messages and tags. Strings are unquoted; numbers
+/// keep their JSON spelling; booleans become `true`/`false`; null is `None`;
+/// objects and arrays keep their JSON text.
+pub fn text(raw: &RawValue) -> Cow<'_, str> {
+    match kind(raw) {
+        Kind::String => as_str(raw).unwrap_or(Cow::Borrowed("")),
+        Kind::Null => Cow::Borrowed("None"),
+        _ => Cow::Borrowed(raw.get()),
+    }
+}
+
+/// Text of a field that should be a string, or `None` when it is missing, null or empty.
+pub fn non_empty_text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let raw = raw?;
+    if kind(raw) == Kind::Null {
+        return None;
+    }
+    let t = text(raw);
+    if t.is_empty() { None } else { Some(t) }
+}
+
+/// A number given as a JSON number or as a numeric string.
+pub fn as_f64(raw: &RawValue) -> Option<f64> {
+    match kind(raw) {
+        Kind::Number => raw.get().parse().ok(),
+        Kind::String => as_str(raw)?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Render a count-like value for a message: integers (also integral numeric strings) as
+/// integers, other numbers as given, missing or null as `0`.
+pub fn number_text(raw: Option<&RawValue>) -> Cow<'_, str> {
+    let Some(raw) = raw else {
+        return Cow::Borrowed("0");
+    };
+    match kind(raw) {
+        Kind::Null => Cow::Borrowed("0"),
+        Kind::Number => Cow::Borrowed(raw.get()),
+        Kind::String => {
+            let s = as_str(raw).unwrap_or_default();
+            let t = s.trim();
+            if t.parse::<i64>().is_ok() || t.parse::<f64>().is_ok() {
+                Cow::Owned(t.to_string())
+            } else {
+                s
+            }
+        }
+        _ => text(raw),
+    }
+}
+
+/// Quote `s` as a JSON string into `out`.
+pub fn push_json_string(out: &mut String, s: &str) {
+    // serde_json's escaping is the reference; writing into a String cannot fail.
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    out.push_str(&quoted);
+}
+
+/// The members of a JSON object in document order, values left raw.
+#[derive(Debug, Default)]
+pub struct Members<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// The last value given for `key` (JSON objects with duplicate keys keep the last one).
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    v.push((k, val));
+                }
+                Ok(Members(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// Parse `raw` as an object's members when it is an object.
+pub fn members(raw: &RawValue) -> Option<Members<'_>> {
+    if kind(raw) != Kind::Object {
+        return None;
+    }
+    serde_json::from_str(raw.get()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn scalars_render_like_python() {
+        assert_eq!(text(&raw(r#""a\"b""#)), "a\"b");
+        assert_eq!(text(&raw("12")), "12");
+        assert_eq!(text(&raw("1.5")), "1.5");
+        assert_eq!(text(&raw("true")), "true");
+        assert_eq!(text(&raw("null")), "None");
+    }
+
+    #[test]
+    fn numbers_from_strings() {
+        assert_eq!(as_f64(&raw(r#"" 12.5 ""#)), Some(12.5));
+        assert_eq!(as_f64(&raw("7")), Some(7.0));
+        assert_eq!(as_f64(&raw(r#""abc""#)), None);
+        assert_eq!(number_text(Some(&raw(r#""42""#))), "42");
+        assert_eq!(number_text(None), "0");
+        assert_eq!(number_text(Some(&raw("null"))), "0");
+    }
+
+    #[test]
+    fn members_keep_order_and_last_duplicate() {
+        let r = raw(r#"{"b":1,"a":"x","b":2}"#);
+        let m = members(&r).unwrap();
+        let keys: Vec<_> = m.0.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(keys, ["b", "a", "b"]);
+        assert_eq!(m.get("b").unwrap().get(), "2");
+        assert!(members(&raw("[1]")).is_none());
+    }
+}

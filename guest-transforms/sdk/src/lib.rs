@@ -1,0 +1,114 @@
+//! Guest-side SDK for vast-processor transforms.
+//!
+//! A transform is a WebAssembly component implementing the `vast:transform` world in
+//! `wit/transform.wit`. This crate gives transform authors:
+//! - the generated bindings (`Message`, `Outcome`, `Row`, `Event`, `Metric`, the `host` imports)
+//!   and the [`export_transform!`] macro that exports a [`Guest`] implementation;
+//! - helpers for the common chores: JSON scalars that may be numbers or strings, ISO 8601 and
+//!   nanosecond timestamps, tags, gzip detection, OTLP decoding;
+//! - the logic of the four bundled transforms ([`transforms`]), plain Rust functions that the
+//!   bundled components wrap and that native tests and benchmarks call directly.
+//!
+//! Minimal transform:
+//! ```ignore
+//! use vast_transform_sdk::{export_transform, Guest, Message, Outcome};
+//! struct Mine;
+//! impl Guest for Mine {
+//!     fn init(_config: Vec<(String, String)>) -> Result<(), String> { Ok(()) }
+//!     fn process(batch: Vec<Message>) -> Vec<Outcome> {
+//!         batch.iter().map(|m| Outcome::Skip(format!("{} bytes ignored", m.payload.len()))).collect()
+//!     }
+//! }
+//! export_transform!(Mine);
+//! ```
+
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "transform",
+        pub_export_macro: true,
+        export_macro_name: "export_transform",
+        default_bindings_module: "vast_transform_sdk::bindings",
+        generate_all,
+    });
+}
+
+pub mod gzip;
+pub mod json;
+pub mod otlp;
+pub mod tags;
+pub mod time;
+pub mod transforms;
+
+pub use bindings::Guest;
+pub use bindings::export_transform;
+pub use bindings::vast::transform::host;
+pub use bindings::vast::transform::host::Level;
+pub use bindings::vast::transform::types::{
+    Event, Header, Message, Metric, MetricType, Outcome, Row,
+};
+
+/// Per-batch statistics a transform wants reported as guest counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    counters: Vec<(&'static str, i64)>,
+}
+
+impl Stats {
+    /// Add `delta` to counter `name`.
+    pub fn add(&mut self, name: &'static str, delta: i64) {
+        match self.counters.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v += delta,
+            None => self.counters.push((name, delta)),
+        }
+    }
+
+    /// The value of counter `name` so far (0 when never added).
+    pub fn get(&self, name: &str) -> i64 {
+        self.counters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// Send the counters to the host through the `counter` import and reset them.
+    ///
+    /// Only meaningful inside a component; natively the import does not exist, so this is a
+    /// no-op there and native tests read the counters with [`Stats::get`] instead.
+    pub fn flush(&mut self) {
+        #[cfg(target_arch = "wasm32")]
+        for (name, delta) in self.counters.drain(..) {
+            host::counter(name, delta);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.counters.clear();
+    }
+}
+
+/// Run `f` over every message of a batch, one outcome per message, then report counters.
+///
+/// A panic inside `f` traps the whole call; the host then retries message by message so
+/// only the culprit fails. Transforms should still return `Outcome::Fail` for bad input.
+pub fn process_each(
+    batch: &[Message],
+    mut f: impl FnMut(&Message, &mut Stats) -> Outcome,
+) -> Vec<Outcome> {
+    let mut stats = Stats::default();
+    let out = batch.iter().map(|m| f(m, &mut stats)).collect();
+    stats.flush();
+    out
+}
+
+/// Build a message for tests and benchmarks.
+pub fn message(topic: &str, offset: i64, payload: impl Into<Vec<u8>>) -> Message {
+    Message {
+        topic: topic.to_string(),
+        partition: 0,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        headers: Vec::new(),
+        payload: payload.into(),
+    }
+}

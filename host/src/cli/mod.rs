@@ -1,0 +1,3 @@
+//! Command implementations (wiring: errors are `anyhow` here).
+
+pub mod transform_test;

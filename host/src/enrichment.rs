@@ -1,0 +1,185 @@
+//! Enrichment tables: CSV or JSON files named in a pipeline's config, loaded by the host and
+//! served to guests through the `lookup` import.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// One enrichment table in `pipelines.toml`: `[pipelines.enrichment.<name>]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// CSV (`.csv`) or JSON (`.json`) file, relative to the config file.
+    pub path: PathBuf,
+    /// CSV only: the column holding the lookup key (default: the first column).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// Why a table could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichmentError {
+    #[error("enrichment table `{table}`: cannot read {path}: {source}")]
+    Io {
+        table: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("enrichment table `{table}` ({path}): {reason}")]
+    Format {
+        table: String,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+/// Loaded tables: table name → key → value text.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Enrichment {
+    tables: HashMap<String, HashMap<String, String>>,
+}
+
+impl Enrichment {
+    /// Load every table; relative paths are resolved against `base`.
+    pub fn load(specs: &BTreeMap<String, TableSpec>, base: &Path) -> Result<Self, EnrichmentError> {
+        let mut tables = HashMap::new();
+        for (name, spec) in specs {
+            let path = base.join(&spec.path);
+            let text = std::fs::read_to_string(&path).map_err(|source| EnrichmentError::Io {
+                table: name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            let format_err = |reason: String| EnrichmentError::Format {
+                table: name.clone(),
+                path: path.clone(),
+                reason,
+            };
+            let rows = match path.extension().and_then(|e| e.to_str()) {
+                Some("csv") => load_csv(&text, spec.key.as_deref()).map_err(format_err)?,
+                Some("json") => load_json(&text).map_err(format_err)?,
+                _ => {
+                    return Err(format_err(
+                        "unknown file type: use a .csv or .json file".into(),
+                    ));
+                }
+            };
+            tables.insert(name.clone(), rows);
+        }
+        Ok(Enrichment { tables })
+    }
+
+    /// The value for `key` in `table`.
+    pub fn lookup(&self, table: &str, key: &str) -> Option<&str> {
+        self.tables.get(table)?.get(key).map(String::as_str)
+    }
+
+    /// Number of rows of `table`.
+    pub fn len(&self, table: &str) -> Option<usize> {
+        self.tables.get(table).map(HashMap::len)
+    }
+}
+
+/// CSV with a header row; each row becomes a JSON object of column → value, keyed by the
+/// key column.
+fn load_csv(text: &str, key: Option<&str>) -> Result<HashMap<String, String>, String> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(|e| e.to_string())?.clone();
+    let key_idx = match key {
+        None => 0,
+        Some(k) => headers.iter().position(|h| h == k).ok_or_else(|| {
+            format!(
+                "no column `{k}` (columns: {})",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            )
+        })?,
+    };
+    let mut out = HashMap::new();
+    for (i, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(|e| format!("line {}: {e}", i + 2))?;
+        let key = rec.get(key_idx).unwrap_or_default().to_string();
+        let obj: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .zip(rec.iter())
+            .map(|(h, v)| (h.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        out.insert(key, serde_json::Value::Object(obj).to_string());
+    }
+    Ok(out)
+}
+
+/// A JSON object of key → value; string values come back unquoted, others as JSON text.
+fn load_json(text: &str) -> Result<HashMap<String, String>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(map) = v else {
+        return Err("must be a JSON object mapping keys to values".into());
+    };
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_and_json_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t.csv"),
+            "host,team,owner\npg-1,dba,ann\npg-2,web,bob\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("t.json"), r#"{"a":"x","b":{"n":1}}"#).unwrap();
+        let mut specs = BTreeMap::new();
+        specs.insert(
+            "csv".into(),
+            TableSpec {
+                path: "t.csv".into(),
+                key: None,
+            },
+        );
+        specs.insert(
+            "json".into(),
+            TableSpec {
+                path: "t.json".into(),
+                key: None,
+            },
+        );
+        let e = Enrichment::load(&specs, dir.path()).unwrap();
+        assert_eq!(
+            e.lookup("csv", "pg-2"),
+            Some(r#"{"host":"pg-2","team":"web","owner":"bob"}"#)
+        );
+        assert_eq!(e.lookup("csv", "nope"), None);
+        assert_eq!(e.lookup("json", "a"), Some("x"));
+        assert_eq!(e.lookup("json", "b"), Some(r#"{"n":1}"#));
+        assert_eq!(e.len("csv"), Some(2));
+    }
+
+    #[test]
+    fn bad_key_column_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.csv"), "host,team\n").unwrap();
+        let mut specs = BTreeMap::new();
+        specs.insert(
+            "t".into(),
+            TableSpec {
+                path: "t.csv".into(),
+                key: Some("entity".into()),
+            },
+        );
+        let err = Enrichment::load(&specs, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no column `entity`") && err.contains("host, team"),
+            "{err}"
+        );
+    }
+}
