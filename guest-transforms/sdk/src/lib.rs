@@ -10,7 +10,7 @@
 //!   bundled components wrap and that native tests and benchmarks call directly.
 //!
 //! Minimal transform:
-//! ```ignore
+//! ```no_run
 //! use vast_transform_sdk::{export_transform, Guest, Message, Outcome};
 //! struct Mine;
 //! impl Guest for Mine {
@@ -30,6 +30,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_transform",
         default_bindings_module: "vast_transform_sdk::bindings",
+        additional_derives: [PartialEq],
         generate_all,
     });
 }

@@ -205,6 +205,7 @@ pub mod logs_json {
     use serde_json::value::RawValue;
 
     #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
     pub struct ExportLogsServiceRequest<'a> {
         #[serde(default, borrow, alias = "resource_logs")]
         pub resource_logs: Vec<ResourceLogs<'a>>,

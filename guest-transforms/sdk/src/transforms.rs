@@ -28,22 +28,31 @@ pub fn by_name(name: &str) -> Option<fn(&Message, &mut Stats) -> Outcome> {
 }
 
 /// The envelope the database collector writes for `raw-logs` and `raw-queries`.
-#[derive(Deserialize)]
+/// Read through [`Members`] so duplicate keys keep the last value, as Python's `json` does.
 struct Collector<'a> {
-    #[serde(default, borrow)]
     timestamp: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     source: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     host: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     database: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     environment: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     tags: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+}
+
+impl<'a> Collector<'a> {
+    fn parse(payload: &'a [u8]) -> Result<Self, String> {
+        let m: Members<'a> = parse_object(payload)?;
+        let get = |k: &str| m.get(k).filter(|v| json::kind(v) != Kind::Null);
+        Ok(Collector {
+            timestamp: get("timestamp"),
+            source: get("source"),
+            host: get("host"),
+            database: get("database"),
+            environment: get("environment"),
+            tags: get("tags"),
+            payload: get("payload"),
+        })
+    }
 }
 
 /// Parse a JSON object payload; anything else is a failure with a precise reason.
@@ -140,20 +149,12 @@ fn event(c: Common, event_type: &str, message: String, attributes: String) -> Ou
     })])
 }
 
-#[derive(Deserialize, Default)]
-struct LogPayload<'a> {
-    #[serde(default, borrow)]
-    event_type: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    count: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    active: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    total: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    error_code: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    error_message: Option<&'a RawValue>,
+/// The members of the payload object (empty when there is none).
+fn payload_members(payload: Option<&RawValue>) -> Result<Members<'_>, String> {
+    match payload {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| format!("invalid payload: {e}")),
+        None => Ok(Members::default()),
+    }
 }
 
 /// `raw-logs` → `events`.
@@ -165,32 +166,27 @@ pub fn raw_logs(msg: &Message, _stats: &mut Stats) -> Outcome {
 }
 
 fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
-    let c: Collector = parse_object(payload)?;
+    let c = Collector::parse(payload)?;
     let mut common = common(&c)?;
     let payload = payload_object(c.payload)?;
-    let p: LogPayload = match payload {
-        Some(raw) => {
-            serde_json::from_str(raw.get()).map_err(|e| format!("invalid payload: {e}"))?
-        }
-        None => LogPayload::default(),
-    };
+    let p = payload_members(payload)?;
     if common.tags.get("log_level").is_none() {
         common.tags.set("log_level", "info");
     }
-    let event_type = json::non_empty_text(p.event_type);
+    let event_type = json::non_empty_text(p.get("event_type"));
     let message = match event_type.as_deref() {
-        Some("deadlocks") => format!("Detected {} deadlock(s).", json::number_text(p.count)),
+        Some("deadlocks") => format!("Detected {} deadlock(s).", json::number_text(p.get("count"))),
         Some("connection_stats") => format!(
             "{}/{} active connections.",
-            json::number_text(p.active),
-            json::number_text(p.total)
+            json::number_text(p.get("active")),
+            json::number_text(p.get("total"))
         ),
         Some("query_error") => format!(
             "Query error {}: {}",
-            json::non_empty_text(p.error_code)
+            json::non_empty_text(p.get("error_code"))
                 .as_deref()
                 .unwrap_or("N/A"),
-            json::non_empty_text(p.error_message)
+            json::non_empty_text(p.get("error_message"))
                 .as_deref()
                 .unwrap_or("Unknown")
         ),
@@ -202,16 +198,6 @@ fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
     common.tags.enrich_log(event_type.as_deref());
     let attributes = payload.map_or_else(|| "{}".to_string(), |p| p.get().to_string());
     Ok(event(common, "log", message, attributes))
-}
-
-#[derive(Deserialize, Default)]
-struct QueryPayload<'a> {
-    #[serde(default, borrow)]
-    query: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    calls: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    mean_time_ms: Option<&'a RawValue>,
 }
 
 /// First 16 hex characters of SHA-256 over the normalised query (lower-cased, whitespace
@@ -282,19 +268,14 @@ pub fn raw_queries(msg: &Message, _stats: &mut Stats) -> Outcome {
 }
 
 fn try_raw_queries(payload: &[u8]) -> Result<Outcome, String> {
-    let c: Collector = parse_object(payload)?;
+    let c = Collector::parse(payload)?;
     let mut common = common(&c)?;
     let payload = payload_object(c.payload)?;
-    let p: QueryPayload = match payload {
-        Some(raw) => {
-            serde_json::from_str(raw.get()).map_err(|e| format!("invalid payload: {e}"))?
-        }
-        None => QueryPayload::default(),
-    };
-    let mean = p.mean_time_ms.and_then(json::as_f64).unwrap_or(0.0);
+    let p = payload_members(payload)?;
+    let mean = p.get("mean_time_ms").and_then(json::as_f64).unwrap_or(0.0);
     let message = format!(
         "Query executed {} times with avg latency {:.2}ms.",
-        json::number_text(p.calls),
+        json::number_text(p.get("calls")),
         mean
     );
     let performance = if mean > 1000.0 {
@@ -305,7 +286,7 @@ fn try_raw_queries(payload: &[u8]) -> Result<Outcome, String> {
         "good"
     };
     common.tags.set("performance", performance);
-    let query = json::non_empty_text(p.query);
+    let query = json::non_empty_text(p.get("query"));
     let attributes = match query.as_deref() {
         Some(q) => {
             let lower = q.to_lowercase();
