@@ -13,17 +13,30 @@ use vast_processor::wasm::TransformEngine;
 const NOW: i64 = 1_760_457_600_000_000;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn engine() -> &'static TransformEngine {
     static ENGINE: OnceLock<TransformEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        TransformEngine::new(Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasm-cache"))).unwrap()
+        TransformEngine::new(Some(
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasm-cache"),
+        ))
+        .unwrap()
     })
 }
 
-fn golden(case: &str, topic: &str, transform: Option<&str>, format: Format, inputs: &[&str], config: &str) {
+fn golden(
+    case: &str,
+    topic: &str,
+    transform: Option<&str>,
+    format: Format,
+    inputs: &[&str],
+    config: &str,
+) {
     let expect = root().join(format!("tests/golden/{case}.expected.jsonl"));
     let args = TestArgs {
         topic: topic.into(),
@@ -50,22 +63,59 @@ fn golden(case: &str, topic: &str, transform: Option<&str>, format: Format, inpu
 
 #[test]
 fn raw_logs() {
-    golden("raw-logs", "raw-logs", None, Format::Jsonl, &["samples/raw-logs.jsonl", "tests/golden/inputs/raw-logs-edge.jsonl"], "pipelines.toml");
+    golden(
+        "raw-logs",
+        "raw-logs",
+        None,
+        Format::Jsonl,
+        &[
+            "samples/raw-logs.jsonl",
+            "tests/golden/inputs/raw-logs-edge.jsonl",
+        ],
+        "pipelines.toml",
+    );
 }
 
 #[test]
 fn raw_queries() {
-    golden("raw-queries", "raw-queries", None, Format::Jsonl, &["samples/raw-queries.jsonl", "tests/golden/inputs/raw-queries-edge.jsonl"], "pipelines.toml");
+    golden(
+        "raw-queries",
+        "raw-queries",
+        None,
+        Format::Jsonl,
+        &[
+            "samples/raw-queries.jsonl",
+            "tests/golden/inputs/raw-queries-edge.jsonl",
+        ],
+        "pipelines.toml",
+    );
 }
 
 #[test]
 fn raw_host_logs() {
-    golden("raw-host-logs", "raw-host-logs", None, Format::Jsonl, &["samples/raw-host-logs.jsonl", "tests/golden/inputs/raw-host-logs-edge.jsonl"], "pipelines.toml");
+    golden(
+        "raw-host-logs",
+        "raw-host-logs",
+        None,
+        Format::Jsonl,
+        &[
+            "samples/raw-host-logs.jsonl",
+            "tests/golden/inputs/raw-host-logs-edge.jsonl",
+        ],
+        "pipelines.toml",
+    );
 }
 
 #[test]
 fn otel_metrics() {
-    golden("otel-metrics", "otel-metrics", None, Format::Raw, &["samples/otel-metrics"], "pipelines.toml");
+    golden(
+        "otel-metrics",
+        "otel-metrics",
+        None,
+        Format::Raw,
+        &["samples/otel-metrics"],
+        "pipelines.toml",
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@ fn resource(attrs: Vec<KeyValue>) -> Option<Resource> {
 fn int_attr(key: &str, v: i64) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue { value: Some(Value::IntValue(v)) }),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(v)),
+        }),
     }
 }
 
@@ -56,7 +58,9 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 const T: u64 = 1_760_457_707_596_379_123;
 
 fn main() {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "samples/otel-metrics".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "samples/otel-metrics".into());
     std::fs::create_dir_all(&dir).unwrap();
     let pg = || {
         resource(vec![
@@ -77,8 +81,16 @@ fn main() {
                     "1",
                     Data::Gauge(Gauge {
                         data_points: vec![
-                            number(T, Some(NumberValue::AsInt(12)), vec![KeyValue::string("database", "app_db"), int_attr("shard", 3)]),
-                            number(T + 1_000, Some(NumberValue::AsDouble(0.0)), vec![KeyValue::string("database", "idle_db")]),
+                            number(
+                                T,
+                                Some(NumberValue::AsInt(12)),
+                                vec![KeyValue::string("database", "app_db"), int_attr("shard", 3)],
+                            ),
+                            number(
+                                T + 1_000,
+                                Some(NumberValue::AsDouble(0.0)),
+                                vec![KeyValue::string("database", "idle_db")],
+                            ),
                         ],
                     }),
                 )],
@@ -104,7 +116,10 @@ fn main() {
                         "Errors per second.",
                         "1/s",
                         Data::Sum(Sum {
-                            data_points: vec![number(T, Some(NumberValue::AsDouble(0.0)), vec![]), number(T, None, vec![])],
+                            data_points: vec![
+                                number(T, Some(NumberValue::AsDouble(0.0)), vec![]),
+                                number(T, None, vec![]),
+                            ],
                             aggregation_temporality: 2,
                             is_monotonic: false,
                         }),
@@ -154,29 +169,83 @@ fn main() {
             "04-multi-resource.pb.gz",
             gzip(&request(vec![
                 (
-                    resource(vec![int_attr("host.name", 42), KeyValue::string("db.system", "mysql")]),
-                    vec![metric("mysql.threads", "", "", Data::Gauge(Gauge { data_points: vec![number(T, Some(NumberValue::AsDouble(7.5)), vec![])] }))],
+                    resource(vec![
+                        int_attr("host.name", 42),
+                        KeyValue::string("db.system", "mysql"),
+                    ]),
+                    vec![metric(
+                        "mysql.threads",
+                        "",
+                        "",
+                        Data::Gauge(Gauge {
+                            data_points: vec![number(T, Some(NumberValue::AsDouble(7.5)), vec![])],
+                        }),
+                    )],
                 ),
                 (
                     None,
                     vec![
-                        metric("system.cpu.utilization", "", "1", Data::Gauge(Gauge { data_points: vec![number(T, Some(NumberValue::AsDouble(0.25)), vec![KeyValue::string("cpu", "cpu0")])] })),
-                        metric("system.summary", "", "", Data::Summary(Unsupported { data_points: vec![Empty {}, Empty {}] })),
+                        metric(
+                            "system.cpu.utilization",
+                            "",
+                            "1",
+                            Data::Gauge(Gauge {
+                                data_points: vec![number(
+                                    T,
+                                    Some(NumberValue::AsDouble(0.25)),
+                                    vec![KeyValue::string("cpu", "cpu0")],
+                                )],
+                            }),
+                        ),
+                        metric(
+                            "system.summary",
+                            "",
+                            "",
+                            Data::Summary(Unsupported {
+                                data_points: vec![Empty {}, Empty {}],
+                            }),
+                        ),
                     ],
                 ),
             ])),
         ),
         (
             "05-summary-only.pb",
-            request(vec![(pg(), vec![metric("rpc.latency", "", "ms", Data::Summary(Unsupported { data_points: vec![Empty {}] }))])]),
+            request(vec![(
+                pg(),
+                vec![metric(
+                    "rpc.latency",
+                    "",
+                    "ms",
+                    Data::Summary(Unsupported {
+                        data_points: vec![Empty {}],
+                    }),
+                )],
+            )]),
         ),
-        ("06-garbage.bin", b"\xde\xad\xbe\xef this is not protobuf \xff\xfe".to_vec()),
+        (
+            "06-garbage.bin",
+            b"\xde\xad\xbe\xef this is not protobuf \xff\xfe".to_vec(),
+        ),
         ("07-truncated.pb", {
-            let full = request(vec![(pg(), vec![metric("x", "", "", Data::Gauge(Gauge { data_points: vec![number(T, Some(NumberValue::AsInt(1)), vec![])] }))])]);
+            let full = request(vec![(
+                pg(),
+                vec![metric(
+                    "x",
+                    "",
+                    "",
+                    Data::Gauge(Gauge {
+                        data_points: vec![number(T, Some(NumberValue::AsInt(1)), vec![])],
+                    }),
+                )],
+            )]);
             full[..full.len() - 5].to_vec()
         }),
         ("08-empty.pb", Vec::new()),
-        ("09-bad-gzip.gz", vec![0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02, 0x03]),
+        (
+            "09-bad-gzip.gz",
+            vec![0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02, 0x03],
+        ),
     ];
     for (name, bytes) in files {
         std::fs::write(format!("{dir}/{name}"), bytes).unwrap();

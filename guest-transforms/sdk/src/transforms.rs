@@ -175,7 +175,10 @@ fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
     }
     let event_type = json::non_empty_text(p.get("event_type"));
     let message = match event_type.as_deref() {
-        Some("deadlocks") => format!("Detected {} deadlock(s).", json::number_text(p.get("count"))),
+        Some("deadlocks") => format!(
+            "Detected {} deadlock(s).",
+            json::number_text(p.get("count"))
+        ),
         Some("connection_stats") => format!(
             "{}/{} active connections.",
             json::number_text(p.get("active")),

@@ -27,14 +27,14 @@ fn entry(dir: &Path, engine: &Engine, content_hash: &str) -> PathBuf {
 /// Load a component compiled earlier, if the cache has a usable one.
 pub fn load(dir: &Path, engine: &Engine, content_hash: &str) -> Option<Component> {
     let path = entry(dir, engine, content_hash);
-    if !path.exists() {
-        return None;
-    }
+    // Read into memory rather than mmap the file: a file truncated or replaced while mapped
+    // would crash the process with SIGBUS.
+    let bytes = std::fs::read(&path).ok()?;
     // SAFETY: the file was written by `store` below from `Component::serialize` with an
     // engine of the same compatibility hash (part of the file name); wasmtime additionally
     // checks the header. The cache directory must be writable only by this service's user
     // (see SECURITY.md): whoever can write it can run native code in this process.
-    match unsafe { Component::deserialize_file(engine, &path) } {
+    match unsafe { Component::deserialize(engine, &bytes) } {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-component cache entry");

@@ -451,11 +451,14 @@ impl TransformInstance {
             },
             Some(Trap::StackOverflow) => TransformError::StackOverflow { version },
             _ => {
-                let mut reason = e.to_string();
+                // The root cause names the trap; the outer layers are a long wasm backtrace.
+                let mut reason = e.root_cause().to_string();
                 // A Rust guest prints its panic message to stderr before aborting: the most
                 // useful part of the report.
-                if let Some(panic) = stderr.lines().find(|l| l.contains("panicked")) {
-                    reason = format!("{reason}; guest stderr: {}", panic.trim());
+                let mut lines = stderr.lines();
+                if let Some(at) = lines.find(|l| l.contains("panicked")) {
+                    let msg = lines.next().unwrap_or_default();
+                    reason = format!("{reason}; guest {} {}", at.trim(), msg.trim());
                 }
                 TransformError::Trap { version, reason }
             }

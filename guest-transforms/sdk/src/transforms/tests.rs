@@ -15,7 +15,9 @@ fn one_event(o: Outcome) -> Event {
 }
 
 fn tag<'a>(tags: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    tags.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+    tags.iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
 }
 
 fn run(f: fn(&Message, &mut Stats) -> Outcome, payload: &[u8]) -> Outcome {
@@ -31,7 +33,14 @@ fn raw_logs_contract_example() {
  "tags": {"log_level": "warning"}, "payload": {"event_type": "deadlocks", "count": 3}}"#,
     ));
     assert_eq!(e.timestamp, Some(1_760_457_707_596_379));
-    assert_eq!((e.entity_id.as_str(), e.source.as_str(), e.environment.as_str()), ("pg-1", "postgresql", "development"));
+    assert_eq!(
+        (
+            e.entity_id.as_str(),
+            e.source.as_str(),
+            e.environment.as_str()
+        ),
+        ("pg-1", "postgresql", "development")
+    );
     assert_eq!(e.event_type, "log");
     assert_eq!(e.message, "Detected 3 deadlock(s).");
     assert_eq!(tag(&e.tags, "log_level"), Some("warning"));
@@ -44,12 +53,25 @@ fn raw_logs_contract_example() {
 
 #[test]
 fn raw_logs_defaults_and_messages() {
-    let e = one_event(run(raw_logs, br#"{"payload": {"event_type": "connection_stats", "active": 2}}"#));
+    let e = one_event(run(
+        raw_logs,
+        br#"{"payload": {"event_type": "connection_stats", "active": 2}}"#,
+    ));
     assert_eq!(e.timestamp, None);
-    assert_eq!((e.entity_id.as_str(), e.source.as_str(), e.environment.as_str()), ("unknown", "unknown", "production"));
+    assert_eq!(
+        (
+            e.entity_id.as_str(),
+            e.source.as_str(),
+            e.environment.as_str()
+        ),
+        ("unknown", "unknown", "production")
+    );
     assert_eq!(e.message, "2/0 active connections.");
     assert_eq!(tag(&e.tags, "log_level"), Some("info"));
-    let e = one_event(run(raw_logs, br#"{"payload": {"event_type": "query_error", "error_code": "XX"}}"#));
+    let e = one_event(run(
+        raw_logs,
+        br#"{"payload": {"event_type": "query_error", "error_code": "XX"}}"#,
+    ));
     assert_eq!(e.message, "Query error XX: Unknown");
     let e = one_event(run(raw_logs, br#"{}"#));
     assert_eq!(e.message, "Log event of type 'unknown event' received.");
@@ -58,8 +80,20 @@ fn raw_logs_defaults_and_messages() {
 
 #[test]
 fn raw_logs_bad_input_fails() {
-    for bad in [&b""[..], b"nope", b"[1]", b"{\"payload\": 3}", b"{\"tags\": 3}", b"\xff\xfe", b"{\"a\": "] {
-        assert!(matches!(run(raw_logs, bad), Outcome::Fail(_)), "{:?}", String::from_utf8_lossy(bad));
+    for bad in [
+        &b""[..],
+        b"nope",
+        b"[1]",
+        b"{\"payload\": 3}",
+        b"{\"tags\": 3}",
+        b"\xff\xfe",
+        b"{\"a\": ",
+    ] {
+        assert!(
+            matches!(run(raw_logs, bad), Outcome::Fail(_)),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -70,7 +104,10 @@ fn raw_queries_rules() {
         br#"{"host": "pg-1", "database": "db", "payload": {"query": "SELECT  1", "calls": "5", "mean_time_ms": "1000.5"}}"#,
     ));
     assert_eq!(e.event_type, "database_query");
-    assert_eq!(e.message, "Query executed 5 times with avg latency 1000.50ms.");
+    assert_eq!(
+        e.message,
+        "Query executed 5 times with avg latency 1000.50ms."
+    );
     assert_eq!(tag(&e.tags, "performance"), Some("slow"));
     assert_eq!(tag(&e.tags, "query_type"), Some("read"));
     assert_eq!(tag(&e.tags, "database"), Some("db"));
@@ -78,7 +115,9 @@ fn raw_queries_rules() {
     let hash = query_hash("select 1");
     assert_eq!(
         e.attributes,
-        format!(r#"{{"query": "SELECT  1", "calls": "5", "mean_time_ms": "1000.5","query_hash":"{hash}"}}"#)
+        format!(
+            r#"{{"query": "SELECT  1", "calls": "5", "mean_time_ms": "1000.5","query_hash":"{hash}"}}"#
+        )
     );
     let v: serde_json::Value = serde_json::from_str(&e.attributes).unwrap();
     assert_eq!(v["query_hash"], hash.as_str());
@@ -94,10 +133,18 @@ fn query_hash_normalises() {
 
 #[test]
 fn query_hash_replaces_existing_member() {
-    let e = one_event(run(raw_queries, br#"{"payload": {"query_hash": "old", "query": "delete x", "query_hash": "older"}}"#));
+    let e = one_event(run(
+        raw_queries,
+        br#"{"payload": {"query_hash": "old", "query": "delete x", "query_hash": "older"}}"#,
+    ));
     let v: serde_json::Value = serde_json::from_str(&e.attributes).unwrap();
     assert_eq!(v["query_hash"], query_hash("delete x").as_str());
-    assert_eq!(e.attributes.matches("query_hash").count(), 1, "{}", e.attributes);
+    assert_eq!(
+        e.attributes.matches("query_hash").count(),
+        1,
+        "{}",
+        e.attributes
+    );
     assert_eq!(tag(&e.tags, "query_type"), Some("write"));
 }
 
@@ -110,7 +157,9 @@ fn host_logs_every_record() {
                          {"logRecords":[{"body":{"stringValue":"c"}}]}]},
             {"scopeLogs":[{"logRecords":[{"timeUnixNano":"2000"}]}]}]}"#,
     );
-    let Outcome::Rows(rows) = out else { panic!("{out:?}") };
+    let Outcome::Rows(rows) = out else {
+        panic!("{out:?}")
+    };
     let events: Vec<Event> = rows
         .into_iter()
         .map(|r| match r {
@@ -133,7 +182,9 @@ fn otel_metrics_gzip_and_plain_agree() {
     use std::io::Write;
     let req = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource { attributes: vec![KeyValue::string("host.name", "h")] }),
+            resource: Some(Resource {
+                attributes: vec![KeyValue::string("host.name", "h")],
+            }),
             scope_metrics: vec![ScopeMetrics {
                 metrics: vec![Metric {
                     name: "x.errors".into(),
@@ -159,7 +210,10 @@ fn otel_metrics_gzip_and_plain_agree() {
     assert_eq!(plain, run(otel_metrics, &gz));
     let Outcome::Rows(rows) = plain else { panic!() };
     let Row::Metric(m) = &rows[0] else { panic!() };
-    assert_eq!((m.metric_value, m.timestamp, m.unit.as_deref()), (1.0, Some(5), None));
+    assert_eq!(
+        (m.metric_value, m.timestamp, m.unit.as_deref()),
+        (1.0, Some(5), None)
+    );
     assert_eq!(tag(&m.tags, "severity"), Some("warning"));
     assert_eq!(m.metadata, r#"{"description":""}"#);
 }
@@ -176,7 +230,9 @@ fn otel_metrics_counts_unsupported_kinds() {
                     name: "s".into(),
                     description: String::new(),
                     unit: String::new(),
-                    data: Some(Data::Summary(Unsupported { data_points: vec![Empty {}, Empty {}] })),
+                    data: Some(Data::Summary(Unsupported {
+                        data_points: vec![Empty {}, Empty {}],
+                    })),
                 }],
             }],
         }],
@@ -191,7 +247,10 @@ fn otel_metrics_counts_unsupported_kinds() {
 #[test]
 fn otel_metrics_rejects_garbage() {
     for bad in [&b"\x0a\xff\xff\xff"[..], b"hello world", b"\x1f\x8b\x00"] {
-        assert!(matches!(run(otel_metrics, bad), Outcome::Fail(_)), "{bad:?}");
+        assert!(
+            matches!(run(otel_metrics, bad), Outcome::Fail(_)),
+            "{bad:?}"
+        );
     }
 }
 
