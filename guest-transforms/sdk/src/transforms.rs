@@ -121,7 +121,7 @@ fn kind_name(raw: &RawValue) -> &'static str {
 }
 
 /// The payload as an attributes object: missing or null is `{}`, anything but an object fails.
-fn payload_object<'a>(payload: Option<&'a RawValue>) -> Result<Option<&'a RawValue>, String> {
+fn payload_object(payload: Option<&RawValue>) -> Result<Option<&RawValue>, String> {
     match payload {
         None => Ok(None),
         Some(p) if json::kind(p) == Kind::Null => Ok(None),

@@ -1,0 +1,261 @@
+//! The `vast-processor` binary's `transform test` command, run as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn vp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vast-processor"))
+        .args(args)
+        .current_dir(root())
+        .env(
+            "VAST_PROCESSOR_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache"),
+        )
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const NOW: &str = "1760457600000000";
+
+/// The README's examples, exactly: each topic's sample input against its golden file.
+#[test]
+fn readme_examples_match_their_golden_files() {
+    for (topic, format, input) in [
+        ("raw-logs", "jsonl", "samples/raw-logs.jsonl"),
+        ("raw-queries", "jsonl", "samples/raw-queries.jsonl"),
+        ("raw-host-logs", "jsonl", "samples/raw-host-logs.jsonl"),
+        ("otel-metrics", "raw", "samples/otel-metrics"),
+    ] {
+        let out = vp(&[
+            "transform",
+            "test",
+            "--topic",
+            topic,
+            "--format",
+            format,
+            "--input",
+            input,
+        ]);
+        assert!(out.status.success(), "{topic}: {}", text(&out.stderr));
+        let lines: Vec<serde_json::Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!lines.is_empty(), "{topic}");
+        for l in &lines {
+            assert!(l["input"].is_u64(), "{l}");
+            assert!(
+                l.get("row").is_some() || l.get("error").is_some() || l.get("skipped").is_some(),
+                "{l}"
+            );
+        }
+        // The summary on stderr names the transform version.
+        assert!(
+            text(&out.stderr).contains(&format!("{topic}@")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn expect_passes_on_a_matching_golden_file() {
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "otel-metrics",
+        "--format",
+        "raw",
+        "--input",
+        "samples/otel-metrics",
+        "--now",
+        NOW,
+        "--expect",
+        "tests/golden/otel-metrics.expected.jsonl",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("ok: "),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn expect_mismatch_prints_a_diff_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden =
+        std::fs::read_to_string(root().join("tests/golden/raw-logs.expected.jsonl")).unwrap();
+    let changed = golden.replacen("Detected 3 deadlock(s).", "Detected 4 deadlock(s).", 1);
+    assert_ne!(golden, changed);
+    let path = dir.path().join("golden.jsonl");
+    std::fs::write(&path, changed).unwrap();
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "raw-logs",
+        "--input",
+        "samples/raw-logs.jsonl",
+        "tests/golden/inputs/raw-logs-edge.jsonl",
+        "--now",
+        NOW,
+        "--expect",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("line 1:"), "{report}");
+    assert!(
+        report.contains(
+            r#"row.message: expected "Detected 4 deadlock(s).", got "Detected 3 deadlock(s).""#
+        ),
+        "{report}"
+    );
+    assert!(report.contains("MISMATCH: 1 of"), "{report}");
+}
+
+#[test]
+fn bless_writes_a_golden_file_that_then_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.jsonl");
+    let p = path.to_str().unwrap();
+    let args = [
+        "transform",
+        "test",
+        "--topic",
+        "raw-queries",
+        "--input",
+        "samples/raw-queries.jsonl",
+        "--expect",
+        p,
+    ];
+    let mut bless = args.to_vec();
+    bless.push("--bless");
+    assert!(vp(&bless).status.success());
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !written.contains("\"id\"") && !written.contains("created_at"),
+        "{written}"
+    );
+    // Run again without a fixed clock: id and created_at are ignored, the rest is stable.
+    let out = vp(&args);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn transform_override_config_set_and_errors_are_clear() {
+    // A bundled transform refuses unknown config.
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "raw-logs",
+        "--config-set",
+        "colour=red",
+        "--input",
+        "samples/raw-logs.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("rejected its config in `init`: unknown config key `colour`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An unknown topic without --transform names the configured topics.
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "nope",
+        "--input",
+        "samples/raw-logs.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no pipeline for topic `nope`") && err.contains("raw-logs, raw-queries"),
+        "{err}"
+    );
+    // An unknown bundled name lists the bundled ones.
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "x",
+        "--transform",
+        "raw-logz",
+        "--input",
+        "samples/raw-logs.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown transform `raw-logz`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A missing .wasm file names the path.
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "x",
+        "--transform",
+        "missing.wasm",
+        "--input",
+        "samples/raw-logs.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read transform missing.wasm"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A missing input file is named too.
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "raw-logs",
+        "--input",
+        "nope.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read input nope.jsonl"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_wasm_path_overrides_the_configured_transform() {
+    let out = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "raw-logs",
+        "--transform",
+        vast_guest_artifacts::HOSTILE_PATH,
+        "--input",
+        "samples/raw-logs.jsonl",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("hostile@"),
+        "{}",
+        text(&out.stderr)
+    );
+}
