@@ -15,12 +15,153 @@ pub const BUNDLED: [&str; 4] = ["raw-logs", "raw-queries", "raw-host-logs", "ote
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Kafka client settings.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Where rows go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Workers, queues, shutdown.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// One entry per input topic.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
     /// Directory the file was read from: relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[kafka]`: the consumer group and any librdkafka property.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// `group.id`.
+    pub group_id: String,
+    /// Any librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...),
+    /// passed through unchanged to the consumer and the dead-letter producer.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "vast-processor".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Which sink receives the rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Local Parquet files (the embedded default).
+    #[default]
+    Parquet,
+    /// VAST Database.
+    Vast,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    /// Parquet: the output directory (also where dead letters go when a pipeline has no
+    /// dead-letter topic). `--data-dir` overrides it.
+    pub data_dir: PathBuf,
+    /// VAST: endpoint URL (`VAST_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// VAST: access key (`VAST_ACCESS_KEY`; prefer the environment).
+    pub access_key: Option<String>,
+    /// VAST: secret key (`VAST_SECRET_KEY`; prefer the environment).
+    pub secret_key: Option<String>,
+    /// VAST: bucket (`VAST_BUCKET`).
+    pub bucket: Option<String>,
+    /// VAST: schema (`VAST_SCHEMA`).
+    pub schema: Option<String>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::Parquet,
+            data_dir: PathBuf::from("data"),
+            endpoint: None,
+            access_key: None,
+            secret_key: None,
+            bucket: None,
+            schema: None,
+        }
+    }
+}
+
+/// `[runtime]`: concurrency, queues and shutdown.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads (each owns its wasm stores); 0 means one per core.
+    pub workers: usize,
+    /// Messages queued per worker before the consumer pauses partitions.
+    pub queue_messages: usize,
+    /// Bytes queued per worker before the consumer pauses partitions.
+    pub queue_bytes: usize,
+    /// How long a graceful shutdown may take to flush and commit, in seconds.
+    pub shutdown_timeout_s: u64,
+    /// How often delivered offsets are committed, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// Add the lineage columns (source_topic, source_partition, source_offset, transform_version).
+    pub lineage: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            queue_messages: 8192,
+            queue_bytes: 64 * 1024 * 1024,
+            shutdown_timeout_s: 30,
+            commit_interval_ms: 1000,
+            lineage: true,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The number of workers to start.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// `[pipelines.batch]`: when accumulated rows are flushed to the sink.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Flush when this many rows (all tables) are buffered.
+    pub max_rows: usize,
+    /// Flush when the buffered rows take about this many bytes.
+    pub max_bytes: usize,
+    /// Flush when the oldest buffered row is this old, in milliseconds.
+    pub max_age_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: 100_000,
+            max_bytes: 32 * 1024 * 1024,
+            max_age_ms: 5_000,
+        }
+    }
 }
 
 /// One `[[pipelines]]` entry.
@@ -43,6 +184,13 @@ pub struct PipelineConfig {
     /// Per-instance sandbox limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Kafka topic that receives records the transform rejects; without one they go to
+    /// files under `<data_dir>/dead_letter/`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Flush thresholds.
+    #[serde(default)]
+    pub batch: BatchConfig,
 }
 
 impl PipelineConfig {
@@ -144,6 +292,111 @@ impl Config {
         Ok(())
     }
 
+    /// Apply the environment: the Python processor's variables (`KAFKA_BOOTSTRAP_SERVERS`,
+    /// `KAFKA_GROUP_ID`, `KAFKA_TOPICS`, `VAST_*`) and `KAFKA_PROPERTY_<NAME>` for any
+    /// librdkafka property (`KAFKA_PROPERTY_SESSION_TIMEOUT_MS` sets `session.timeout.ms`).
+    /// `vars` is the environment (injected for tests).
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let env_err = |key: &str, message: String| ConfigError::Invalid {
+            path: PathBuf::from("environment"),
+            key: key.to_string(),
+            message,
+        };
+        for (key, value) in vars {
+            match key.as_str() {
+                "KAFKA_BOOTSTRAP_SERVERS" => self.kafka.bootstrap_servers = value,
+                "KAFKA_GROUP_ID" => self.kafka.group_id = value,
+                "KAFKA_TOPICS" => {
+                    let wanted: Vec<&str> = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .collect();
+                    for t in &wanted {
+                        if self.pipeline_for_topic(t).is_none() {
+                            return Err(env_err(
+                                "KAFKA_TOPICS",
+                                format!(
+                                    "topic `{t}` has no pipeline in the config (configured: {}); add a [[pipelines]] entry for it",
+                                    self.pipelines
+                                        .iter()
+                                        .map(|p| p.topic.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                    self.pipelines
+                        .retain(|p| wanted.contains(&p.topic.as_str()));
+                }
+                "VAST_ENDPOINT" => {
+                    self.sink.endpoint = Some(value);
+                    self.sink.kind = SinkKind::Vast;
+                }
+                "VAST_ACCESS_KEY" => self.sink.access_key = Some(value),
+                "VAST_SECRET_KEY" => self.sink.secret_key = Some(value),
+                "VAST_BUCKET" => self.sink.bucket = Some(value),
+                "VAST_SCHEMA" => self.sink.schema = Some(value),
+                _ => {
+                    if let Some(name) = key.strip_prefix("KAFKA_PROPERTY_") {
+                        if name.is_empty() {
+                            return Err(env_err(&key, "names no property".into()));
+                        }
+                        let prop = name.to_ascii_lowercase().replace('_', ".");
+                        self.kafka.properties.insert(prop, value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the settings that span pipelines (call after `apply_env`).
+    pub fn validate_runtime(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            path: PathBuf::from("config"),
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        if self.pipelines.is_empty() {
+            return Err(invalid(
+                "pipelines",
+                "no pipeline configured: add a [[pipelines]] entry",
+            ));
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "must not be empty (or set KAFKA_BOOTSTRAP_SERVERS)",
+            ));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid(
+                "kafka.group_id",
+                "must not be empty (or set KAFKA_GROUP_ID)",
+            ));
+        }
+        if self.runtime.queue_messages == 0 || self.runtime.queue_bytes == 0 {
+            return Err(invalid(
+                "runtime",
+                "queue_messages and queue_bytes must be greater than 0",
+            ));
+        }
+        for reserved in ["group.id", "bootstrap.servers", "enable.auto.commit"] {
+            if self.kafka.properties.contains_key(reserved) {
+                return Err(invalid(
+                    &format!("kafka.properties.{reserved}"),
+                    "is managed by vast-processor: use kafka.bootstrap_servers / kafka.group_id (auto-commit is always off)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The pipeline reading `topic`.
     pub fn pipeline_for_topic(&self, topic: &str) -> Option<&PipelineConfig> {
         self.pipelines.iter().find(|p| p.topic == topic)
@@ -212,6 +465,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pipelines[1].topic"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c = parse(include_str!("../../pipelines.toml")).unwrap();
+        let env = [
+            ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092"),
+            ("KAFKA_GROUP_ID", "g2"),
+            ("KAFKA_TOPICS", "raw-logs, otel-metrics"),
+            ("KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("VAST_ENDPOINT", "http://vast:9090"),
+            ("VAST_BUCKET", "b"),
+            ("UNRELATED", "x"),
+        ];
+        c.apply_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.group_id, "g2");
+        assert_eq!(
+            c.kafka
+                .properties
+                .get("session.timeout.ms")
+                .map(String::as_str),
+            Some("6000")
+        );
+        assert_eq!(
+            c.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SASL_SSL")
+        );
+        let topics: Vec<_> = c.pipelines.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(topics, ["raw-logs", "otel-metrics"]);
+        assert_eq!(c.sink.kind, SinkKind::Vast);
+        assert_eq!(c.sink.bucket.as_deref(), Some("b"));
+        let err = c
+            .apply_env([("KAFKA_TOPICS".to_string(), "nope".to_string())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("KAFKA_TOPICS") && err.contains("`nope`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn runtime_validation_names_the_key() {
+        let mut c = parse(include_str!("../../pipelines.toml")).unwrap();
+        c.kafka.properties.insert("group.id".into(), "x".into());
+        let err = c.validate_runtime().unwrap_err().to_string();
+        assert!(err.contains("kafka.properties.group.id"), "{err}");
+        let err = parse("[[pipelines]]\ntopic='a'\ntransform='raw-logs'\ndead_letter_topic='a'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pipelines[0].dead_letter_topic"), "{err}");
     }
 
     #[test]

@@ -4,12 +4,21 @@
 //! Stages, each with a small boundary type so tests can feed any of them from memory:
 //! - [`wasm`]: the transform runtime (`Message` in, [`wasm::MessageResult`] out);
 //! - [`rows`]: host-assigned columns and row rendering;
-//! - [`config`], [`enrichment`], [`registry`]: what runs where;
+//! - [`batch`]: rows to Arrow `RecordBatch`es; [`sink`]: where batches go (Parquet);
+//! - [`source`]: Kafka consumer group and file replay; [`pipeline`]: the workers between
+//!   them, and the delivered-offset tracking; [`deadletter`]: rejected records;
+//! - [`config`], [`enrichment`], [`registry`]: what runs where; [`generate`]: sample data;
 //! - [`cli`]: the commands.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod deadletter;
 pub mod enrichment;
+pub mod generate;
+pub mod pipeline;
 pub mod registry;
 pub mod rows;
+pub mod sink;
+pub mod source;
 pub mod wasm;

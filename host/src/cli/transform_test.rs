@@ -151,6 +151,8 @@ fn pipeline(args: &TestArgs) -> anyhow::Result<(PipelineConfig, PathBuf)> {
                 config: Default::default(),
                 enrichment: Default::default(),
                 limits: Limits::default(),
+                dead_letter_topic: None,
+                batch: Default::default(),
             },
             None => {
                 let known: Vec<_> = config

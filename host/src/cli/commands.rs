@@ -1,0 +1,280 @@
+//! `run`, `replay`, `generate` and `data`.
+
+use super::transform_test::Format;
+use crate::batch::Table;
+use crate::config::{Config, SinkKind};
+use crate::pipeline::{self, RunStats};
+use crate::sink::Sink;
+use crate::sink::parquet::{ParquetSink, read_table};
+use crate::source::kafka::{self, RunOptions};
+use crate::wasm::TransformEngine;
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Pipelines config file.
+    #[arg(long, default_value = "pipelines.toml")]
+    pub config: PathBuf,
+    /// Parquet output directory (overrides `sink.data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Stop gracefully after this many seconds without a new record (once partitions are
+    /// assigned): for scripts, backfills and the quickstart.
+    #[arg(long, value_name = "SECONDS")]
+    pub stop_after_idle: Option<f64>,
+}
+
+/// Load the config file (if present), apply the environment, and validate.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    config.apply_env(std::env::vars())?;
+    config.validate_runtime()?;
+    Ok(config)
+}
+
+fn make_sink(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Sink>> {
+    match config.sink.kind {
+        SinkKind::Parquet => Ok(Arc::new(ParquetSink::new(data_dir))),
+        SinkKind::Vast => bail!(
+            "sink.kind = \"vast\" (or VAST_ENDPOINT) is set, but this build has no VAST sink yet; \
+             unset VAST_ENDPOINT to write Parquet files"
+        ),
+    }
+}
+
+/// `vast-processor run`.
+pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.base_dir.join(&config.sink.data_dir));
+    let engine = TransformEngine::new(cache)?;
+    let specs = pipeline::load_pipelines(&config, &engine)?;
+    let sink = make_sink(&config, &data_dir)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())
+            .context("cannot install signal handlers")?;
+    }
+    let stats = Arc::new(RunStats::default());
+    let opts = RunOptions {
+        stop_after_idle: args.stop_after_idle.map(Duration::from_secs_f64),
+        shutdown,
+        data_dir: data_dir.clone(),
+    };
+    tracing::info!(sink = sink.name(), data_dir = %data_dir.display(), "starting");
+    kafka::run(&config, specs, sink, stats, opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The topic whose pipeline (transform, batch settings) to use.
+    #[arg(long)]
+    pub topic: String,
+    /// Input files (or directories, with --format raw).
+    #[arg(long, num_args = 1.., required = true)]
+    pub input: Vec<PathBuf>,
+    /// How to split inputs into messages.
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// Pipelines config file.
+    #[arg(long, default_value = "pipelines.toml")]
+    pub config: PathBuf,
+    /// Parquet output directory (overrides `sink.data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `vast-processor replay`.
+pub fn replay(args: &ReplayArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(&args.config)?;
+    config.apply_env(std::env::vars().filter(|(k, _)| k != "KAFKA_TOPICS"))?;
+    let Some(p) = config.pipeline_for_topic(&args.topic).cloned() else {
+        bail!(
+            "no pipeline for topic `{}` in {}",
+            args.topic,
+            args.config.display()
+        );
+    };
+    config.pipelines = vec![p];
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.base_dir.join(&config.sink.data_dir));
+    let engine = TransformEngine::new(cache)?;
+    let spec = pipeline::load_pipelines(&config, &engine)?.remove(0);
+    let sink = make_sink(&config, &data_dir)?;
+    let stats = Arc::new(RunStats::default());
+    let started = Instant::now();
+    crate::source::file::replay(
+        spec,
+        &args.input,
+        args.format,
+        sink,
+        &data_dir,
+        config.runtime.lineage,
+        stats.clone(),
+    )?;
+    eprintln!(
+        "replayed in {:.2}s: {}",
+        started.elapsed().as_secs_f64(),
+        stats.summary()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Topic to produce to (raw-logs, raw-queries, raw-host-logs, otel-metrics).
+    #[arg(long)]
+    pub topic: String,
+    /// Number of records.
+    #[arg(long)]
+    pub count: u64,
+    /// Records per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap: String,
+    /// Make every Nth record malformed (0: none), to exercise dead letters.
+    #[arg(long, default_value_t = 0)]
+    pub invalid_every: u64,
+    /// Random seed (same seed, same data).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `vast-processor generate`.
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    use crate::generate::{Rng, malformed, record};
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let mut rng = Rng::new(args.seed);
+    if record(&args.topic, &mut Rng::new(1), 0).is_none() {
+        bail!(
+            "no generator for topic `{}` (known: {})",
+            args.topic,
+            crate::config::BUNDLED.join(", ")
+        );
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("linger.ms", "20")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("cannot create the Kafka producer")?;
+    let started = Instant::now();
+    let now_us = super::transform_test::now_micros();
+    for i in 0..args.count {
+        let r = if args.invalid_every > 0 && (i + 1) % args.invalid_every == 0 {
+            malformed(&args.topic, &mut rng)
+        } else {
+            record(&args.topic, &mut rng, now_us + i as i64).expect("topic checked")
+        };
+        let mut rec = BaseRecord::<[u8], [u8]>::to(&args.topic).payload(&r.payload);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ) {
+                        producer.poll(Duration::from_millis(20));
+                        rec = back;
+                    } else {
+                        bail!("cannot produce to {}: {e}", args.topic);
+                    }
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        if let Some(rate) = args.rate {
+            let due = started + Duration::from_secs_f64((i + 1) as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("not every record was acknowledged")?;
+    eprintln!(
+        "produced {} record(s) to {} in {:.2}s",
+        args.count,
+        args.topic,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `data` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DataCommand {
+    /// Rows per table, a few rows of each, and the dead-letter count.
+    Summary {
+        /// The Parquet data directory.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Rows to show per table.
+        #[arg(long, default_value_t = 3)]
+        rows: usize,
+    },
+}
+
+/// Rows of `table` under `dir` as JSON objects (one per row).
+pub fn table_rows(dir: &std::path::Path, table: Table) -> anyhow::Result<Vec<serde_json::Value>> {
+    let batches = read_table(dir, table).map_err(anyhow::Error::msg)?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let mut buf = Vec::new();
+        let mut w = arrow_json_writer(&mut buf);
+        w.write(b)?;
+        w.finish()?;
+        drop(w);
+        for line in String::from_utf8_lossy(&buf).lines() {
+            out.push(serde_json::from_str(line)?);
+        }
+    }
+    Ok(out)
+}
+
+fn arrow_json_writer(buf: &mut Vec<u8>) -> arrow_json::LineDelimitedWriter<&mut Vec<u8>> {
+    arrow_json::LineDelimitedWriter::new(buf)
+}
+
+/// `vast-processor data ...`.
+pub fn data(cmd: &DataCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DataCommand::Summary { data_dir, rows } => {
+            for table in Table::ALL {
+                let all = table_rows(data_dir, table)?;
+                println!("{}: {} row(s)", table.name(), all.len());
+                for r in all.iter().take(*rows) {
+                    println!("  {r}");
+                }
+            }
+            let dead = crate::deadletter::read_dead_letter_files(data_dir);
+            println!("dead letters (files): {}", dead.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

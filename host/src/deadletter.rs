@@ -1,0 +1,376 @@
+//! Dead letters: records a transform rejected (or the host could not process), written with
+//! the original key, value and headers plus headers saying why, which transform version, and
+//! where the record came from. To the pipeline's dead-letter topic, or to files under
+//! `<data_dir>/dead_letter/` when it has none. Never dropped.
+
+use crate::config::KafkaConfig;
+use crate::sink::parquet::{sync_dir, unique_name, utc_date_today};
+use crate::wasm::Header;
+use base64::Engine as _;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{DeliveryResult, Header as KHeader, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Header names added to every dead letter.
+pub const H_ERROR: &str = "x-vast-error";
+pub const H_ERROR_CLASS: &str = "x-vast-error-class";
+pub const H_TRANSFORM: &str = "x-vast-transform";
+pub const H_VERSION: &str = "x-vast-transform-version";
+pub const H_TOPIC: &str = "x-vast-source-topic";
+pub const H_PARTITION: &str = "x-vast-source-partition";
+pub const H_OFFSET: &str = "x-vast-source-offset";
+
+/// One rejected record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Destination topic; `None` means the dead-letter files.
+    pub dlq_topic: Option<String>,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<Header>,
+    pub timestamp_ms: Option<i64>,
+    pub error: String,
+    /// `fail` (the transform rejected it), `trap`, or `contract` (host-side checks).
+    pub error_class: &'static str,
+    pub transform: String,
+    pub version: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl DeadLetter {
+    /// The headers of the dead-letter record: the original ones, then ours.
+    pub fn all_headers(&self) -> Vec<(String, Vec<u8>)> {
+        let mut h: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .filter_map(|h| h.value.clone().map(|v| (h.key.clone(), v)))
+            .collect();
+        h.push((H_ERROR.into(), self.error.as_bytes().to_vec()));
+        h.push((H_ERROR_CLASS.into(), self.error_class.as_bytes().to_vec()));
+        h.push((H_TRANSFORM.into(), self.transform.as_bytes().to_vec()));
+        h.push((H_VERSION.into(), self.version.as_bytes().to_vec()));
+        h.push((H_TOPIC.into(), self.topic.as_bytes().to_vec()));
+        h.push((H_PARTITION.into(), self.partition.to_string().into_bytes()));
+        h.push((H_OFFSET.into(), self.offset.to_string().into_bytes()));
+        h
+    }
+}
+
+/// Why dead letters could not be written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("dead-letter topic {topic}: {message}")]
+    Kafka { topic: String, message: String },
+    #[error("dead-letter file: {0}")]
+    File(String),
+    #[error("dead-letter producer: {0}")]
+    Setup(String),
+}
+
+/// Records delivery failures by the index passed as the message opaque.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failures: Mutex<Vec<(usize, String)>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = Box<usize>;
+    fn delivery(&self, result: &DeliveryResult<'_>, idx: Self::DeliveryOpaque) {
+        if let Err((e, _)) = result {
+            self.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((*idx, e.to_string()));
+        }
+    }
+}
+
+/// Writes dead letters to Kafka topics and files.
+pub struct DeadLetterWriter {
+    producer: Option<BaseProducer<DeliveryTracker>>,
+    kafka: Option<KafkaConfig>,
+    dir: PathBuf,
+    seq: AtomicU64,
+    timeout: Duration,
+}
+
+impl DeadLetterWriter {
+    /// A writer; `kafka` is needed only when some pipeline has a dead-letter topic (the
+    /// producer is created on first use).
+    pub fn new(kafka: Option<KafkaConfig>, data_dir: PathBuf) -> Self {
+        DeadLetterWriter {
+            producer: None,
+            kafka,
+            dir: data_dir.join("dead_letter"),
+            seq: AtomicU64::new(0),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn producer(&mut self) -> Result<&BaseProducer<DeliveryTracker>, DeadLetterError> {
+        if self.producer.is_none() {
+            let k = self.kafka.as_ref().ok_or_else(|| {
+                DeadLetterError::Setup(
+                    "a dead-letter topic is configured but Kafka is not available (replay mode)"
+                        .into(),
+                )
+            })?;
+            let mut cfg = ClientConfig::new();
+            for (key, v) in &k.properties {
+                cfg.set(key, v);
+            }
+            // Consumer-only properties would make the producer warn; drop the common ones.
+            for p in [
+                "auto.offset.reset",
+                "session.timeout.ms",
+                "max.poll.interval.ms",
+                "group.instance.id",
+            ] {
+                cfg.remove(p);
+            }
+            cfg.set("bootstrap.servers", &k.bootstrap_servers)
+                .set("acks", "all")
+                .set("message.timeout.ms", "30000")
+                .set("linger.ms", "5");
+            let p = cfg
+                .create_with_context(DeliveryTracker::default())
+                .map_err(|e| DeadLetterError::Setup(e.to_string()))?;
+            self.producer = Some(p);
+        }
+        Ok(self.producer.as_ref().expect("just created"))
+    }
+
+    /// Write all `letters`; returns only when every one is acknowledged (Kafka) or fsynced
+    /// (files). On error nothing may be assumed written: the caller retries the whole call.
+    pub fn write(&mut self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+        let (to_kafka, to_file): (Vec<_>, Vec<_>) =
+            letters.iter().partition(|l| l.dlq_topic.is_some());
+        if !to_file.is_empty() {
+            self.write_files(&to_file)?;
+        }
+        if !to_kafka.is_empty() {
+            self.write_kafka(&to_kafka)?;
+        }
+        Ok(())
+    }
+
+    fn write_kafka(&mut self, letters: &[&DeadLetter]) -> Result<(), DeadLetterError> {
+        let timeout = self.timeout;
+        let producer = self.producer()?;
+        producer
+            .context()
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for (idx, l) in letters.iter().enumerate() {
+            let topic = l.dlq_topic.as_deref().expect("partitioned on dlq_topic");
+            let mut headers = OwnedHeaders::new_with_capacity(l.headers.len() + 7);
+            for (k, v) in l.all_headers() {
+                headers = headers.insert(KHeader {
+                    key: &k,
+                    value: Some(&v),
+                });
+            }
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(idx))
+                .payload(&l.value)
+                .headers(headers);
+            if let Some(k) = &l.key {
+                record = record.key(k);
+            }
+            if let Some(ts) = l.timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            // The local queue may be full: serve delivery reports until there is room.
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r)) => {
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ) {
+                            producer.poll(Duration::from_millis(50));
+                            record = r;
+                        } else {
+                            return Err(DeadLetterError::Kafka {
+                                topic: topic.into(),
+                                message: e.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        producer
+            .flush(timeout)
+            .map_err(|e| DeadLetterError::Kafka {
+                topic: "(all)".into(),
+                message: format!("not acknowledged: {e}"),
+            })?;
+        let failures = std::mem::take(
+            &mut *producer
+                .context()
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if let Some((idx, msg)) = failures.first() {
+            return Err(DeadLetterError::Kafka {
+                topic: letters[*idx].dlq_topic.clone().unwrap_or_default(),
+                message: format!("{} record(s) not delivered, first: {msg}", failures.len()),
+            });
+        }
+        Ok(())
+    }
+
+    fn write_files(&self, letters: &[&DeadLetter]) -> Result<(), DeadLetterError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let dir = self.dir.join(format!("date={}", utc_date_today()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DeadLetterError::File(format!("cannot create {}: {e}", dir.display())))?;
+        let mut text = String::new();
+        for l in letters {
+            let line = serde_json::json!({
+                "error": l.error,
+                "error_class": l.error_class,
+                "transform": l.transform,
+                "transform_version": l.version,
+                "source_topic": l.topic,
+                "source_partition": l.partition,
+                "source_offset": l.offset,
+                "timestamp_ms": l.timestamp_ms,
+                "key_base64": l.key.as_ref().map(|k| b64.encode(k)),
+                "value_base64": b64.encode(&l.value),
+                "headers": l.headers.iter().map(|h| serde_json::json!({
+                    "key": h.key,
+                    "value_base64": h.value.as_ref().map(|v| b64.encode(v)),
+                })).collect::<Vec<_>>(),
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        let name = unique_name("jsonl", self.seq.fetch_add(1, Ordering::Relaxed));
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let fin = dir.join(&name);
+        let res = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &fin)?;
+            sync_dir(&dir);
+            Ok(())
+        })();
+        res.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            DeadLetterError::File(format!("cannot write {}: {e}", fin.display()))
+        })
+    }
+}
+
+/// Read dead-letter files back (for tests and the `data` command): one JSON object per letter.
+pub fn read_dead_letter_files(data_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut files = Vec::new();
+    let root = data_dir.join("dead_letter");
+    for part in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(part.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "jsonl")
+                && !f.file_name().to_string_lossy().starts_with('.')
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter() -> DeadLetter {
+        DeadLetter {
+            dlq_topic: None,
+            key: Some(b"k".to_vec()),
+            value: b"\xffbad".to_vec(),
+            headers: vec![Header {
+                key: "h".into(),
+                value: Some(b"v".to_vec()),
+            }],
+            timestamp_ms: Some(5),
+            error: "invalid JSON".into(),
+            error_class: "fail",
+            transform: "raw-logs".into(),
+            version: "raw-logs@abc".into(),
+            topic: "raw-logs".into(),
+            partition: 2,
+            offset: 9,
+        }
+    }
+
+    #[test]
+    fn headers_carry_the_reason_and_origin() {
+        let h = letter().all_headers();
+        let get = |k: &str| {
+            h.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(get("h").as_deref(), Some("v"));
+        assert_eq!(get(H_ERROR).as_deref(), Some("invalid JSON"));
+        assert_eq!(get(H_VERSION).as_deref(), Some("raw-logs@abc"));
+        assert_eq!(get(H_PARTITION).as_deref(), Some("2"));
+        assert_eq!(get(H_OFFSET).as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn files_keep_the_original_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = DeadLetterWriter::new(None, dir.path().to_path_buf());
+        w.write(&[letter(), letter()]).unwrap();
+        let back = read_dead_letter_files(dir.path());
+        assert_eq!(back.len(), 2);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(
+            b64.decode(back[0]["value_base64"].as_str().unwrap())
+                .unwrap(),
+            b"\xffbad"
+        );
+        assert_eq!(back[0]["source_offset"], 9);
+        assert_eq!(back[0]["transform_version"], "raw-logs@abc");
+    }
+
+    #[test]
+    fn a_dead_letter_topic_without_kafka_is_an_error_not_a_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = DeadLetterWriter::new(None, dir.path().to_path_buf());
+        let mut l = letter();
+        l.dlq_topic = Some("x-dlq".into());
+        assert!(matches!(w.write(&[l]), Err(DeadLetterError::Setup(_))));
+    }
+}

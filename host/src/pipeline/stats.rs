@@ -1,0 +1,65 @@
+//! Counters shared by the consumer and the workers (exported as metrics by the admin server).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Process-wide counters. Relaxed atomics: they are statistics, not synchronisation.
+#[derive(Default, Debug)]
+pub struct RunStats {
+    pub messages_in: AtomicU64,
+    pub rows_events: AtomicU64,
+    pub rows_metrics: AtomicU64,
+    pub skipped: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub flushes: AtomicU64,
+    pub sink_retries: AtomicU64,
+    /// Messages queued for workers right now, and the most ever seen.
+    pub queued: AtomicUsize,
+    pub queued_max: AtomicUsize,
+    pub queued_bytes: AtomicUsize,
+    pub queued_bytes_max: AtomicUsize,
+    /// Partitions paused for backpressure right now, and pauses so far.
+    pub paused: AtomicUsize,
+    pub pauses: AtomicU64,
+    /// Offsets committed to Kafka so far (commit calls that succeeded).
+    pub commits: AtomicU64,
+}
+
+impl RunStats {
+    /// Add `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Current value of a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Account for a message entering a worker queue.
+    pub fn enqueue(&self, bytes: usize) {
+        let q = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        self.queued_max.fetch_max(q, Ordering::Relaxed);
+        let b = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.queued_bytes_max.fetch_max(b, Ordering::Relaxed);
+    }
+
+    /// Account for a message leaving a worker queue.
+    pub fn dequeue(&self, bytes: usize) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// A one-line summary for logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "messages={} events={} metrics={} skipped={} dead_letters={} flushes={} commits={}",
+            Self::get(&self.messages_in),
+            Self::get(&self.rows_events),
+            Self::get(&self.rows_metrics),
+            Self::get(&self.skipped),
+            Self::get(&self.dead_letters),
+            Self::get(&self.flushes),
+            Self::get(&self.commits),
+        )
+    }
+}

@@ -1,0 +1,396 @@
+//! A worker owns one wasm instance per pipeline and one Arrow batcher per pipeline. It runs
+//! messages of the partitions routed to it, in order, and flushes: sink write, dead letters,
+//! then the delivered offsets.
+
+use super::{DeliveredOffsets, PipelineSpec, RunStats};
+use crate::batch::{Lineage, Table, TableBatcher};
+use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterWriter};
+use crate::sink::{Sink, SinkError};
+use crate::wasm::{Message, MessageResult, TransformError, TransformInstance};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why a flush happened (exported as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    Rows,
+    Bytes,
+    Age,
+    Shutdown,
+    Revoke,
+}
+
+impl FlushReason {
+    /// The label text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Rows => "rows",
+            FlushReason::Bytes => "bytes",
+            FlushReason::Age => "age",
+            FlushReason::Shutdown => "shutdown",
+            FlushReason::Revoke => "revoke",
+        }
+    }
+}
+
+/// A worker stopped: the pipeline cannot go on without losing or duplicating data.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("sink failed: {0}")]
+    Sink(SinkError),
+    #[error("dead letters could not be written: {0}")]
+    DeadLetter(DeadLetterError),
+    #[error("transform could not be instantiated: {0}")]
+    Transform(TransformError),
+    #[error("stopped while {0} was still failing; its offsets were not committed")]
+    Aborted(&'static str),
+}
+
+/// Work sent to a worker thread.
+pub enum WorkItem {
+    /// One consumed record of pipeline `pipeline`; `bytes` is its queue accounting size.
+    Msg {
+        pipeline: usize,
+        msg: Message,
+        bytes: usize,
+    },
+    /// Process everything queued so far, flush every pipeline, then answer.
+    Flush {
+        reason: FlushReason,
+        ack: Sender<Result<(), String>>,
+    },
+}
+
+struct PipelineState {
+    instance: Option<TransformInstance>,
+    batcher: TableBatcher,
+    letters: Vec<DeadLetter>,
+    /// Highest processed (not yet delivered) offset per partition.
+    processed: HashMap<i32, i64>,
+}
+
+/// Processes the partitions routed to it; see the module docs.
+pub struct Worker {
+    id: usize,
+    specs: Arc<Vec<PipelineSpec>>,
+    states: Vec<PipelineState>,
+    sink: Arc<dyn Sink>,
+    dead_letters: DeadLetterWriter,
+    delivered: Arc<DeliveredOffsets>,
+    stats: Arc<RunStats>,
+    /// Set when retries must give up (shutdown deadline passed).
+    abort: Arc<AtomicBool>,
+    /// Bytes queued for this worker (decremented as messages are taken).
+    pub queued_bytes: Arc<AtomicUsize>,
+}
+
+/// Most messages handed to the transform in one `process` call.
+const MAX_TRANSFORM_BATCH: usize = 1024;
+
+impl Worker {
+    /// A worker for `specs`.
+    pub fn new(
+        id: usize,
+        specs: Arc<Vec<PipelineSpec>>,
+        sink: Arc<dyn Sink>,
+        dead_letters: DeadLetterWriter,
+        delivered: Arc<DeliveredOffsets>,
+        stats: Arc<RunStats>,
+        abort: Arc<AtomicBool>,
+        lineage: bool,
+    ) -> Self {
+        let states = specs
+            .iter()
+            .map(|_| PipelineState {
+                instance: None,
+                batcher: TableBatcher::new(lineage),
+                letters: Vec::new(),
+                processed: HashMap::new(),
+            })
+            .collect();
+        Worker {
+            id,
+            specs,
+            states,
+            sink,
+            dead_letters,
+            delivered,
+            stats,
+            abort,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Transform messages of one pipeline (in order) and buffer their rows and dead letters;
+    /// flush when a batch limit is reached.
+    pub fn handle(&mut self, pipeline: usize, msgs: &[Message]) -> Result<(), WorkerError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let spec = &self.specs[pipeline];
+        let state = &mut self.states[pipeline];
+        if state.instance.is_none() {
+            let inst = TransformInstance::new(spec.module.clone(), spec.settings.clone())
+                .map_err(WorkerError::Transform)?;
+            state.instance = Some(inst);
+        }
+        let instance = state.instance.as_mut().expect("just created");
+        let now = crate::cli::transform_test::now_micros();
+        let results = instance.process(msgs, now);
+        let version = spec.module.version();
+        let (mut events, mut metrics, mut skipped, mut dead) = (0u64, 0u64, 0u64, 0u64);
+        for (m, r) in msgs.iter().zip(results) {
+            match r {
+                MessageResult::Rows(rows) => {
+                    let lineage = Lineage {
+                        topic: &m.topic,
+                        partition: m.partition,
+                        offset: m.offset,
+                        version,
+                    };
+                    for row in &rows {
+                        state.batcher.push(row, &lineage);
+                        match crate::rows::table(row) {
+                            "events" => events += 1,
+                            _ => metrics += 1,
+                        }
+                    }
+                }
+                MessageResult::Skip(_) => skipped += 1,
+                MessageResult::Fail(error) => {
+                    dead += 1;
+                    state.letters.push(dead_letter(spec, m, error, "fail"));
+                }
+                MessageResult::Error(e) => {
+                    dead += 1;
+                    let class = if e.is_trap() { "trap" } else { "contract" };
+                    tracing::warn!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, error = %e, "record dead-lettered");
+                    state
+                        .letters
+                        .push(dead_letter(spec, m, e.to_string(), class));
+                }
+            }
+            state.processed.insert(m.partition, m.offset);
+        }
+        RunStats::add(&self.stats.messages_in, msgs.len() as u64);
+        RunStats::add(&self.stats.rows_events, events);
+        RunStats::add(&self.stats.rows_metrics, metrics);
+        RunStats::add(&self.stats.skipped, skipped);
+        RunStats::add(&self.stats.dead_letters, dead);
+        let b = &spec.batch;
+        let reason = if state.batcher.rows() >= b.max_rows || state.letters.len() >= b.max_rows {
+            Some(FlushReason::Rows)
+        } else if state.batcher.bytes() >= b.max_bytes {
+            Some(FlushReason::Bytes)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.flush(pipeline, reason)?;
+        }
+        Ok(())
+    }
+
+    /// When the oldest buffered data of any pipeline reaches its max age.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.specs
+            .iter()
+            .zip(&self.states)
+            .filter_map(|(spec, s)| {
+                let has_data =
+                    s.batcher.rows() > 0 || !s.letters.is_empty() || !s.processed.is_empty();
+                let opened = s.batcher.opened().unwrap_or_else(Instant::now);
+                has_data.then(|| opened + Duration::from_millis(spec.batch.max_age_ms))
+            })
+            .min()
+    }
+
+    /// Flush the pipelines whose oldest data reached its max age.
+    pub fn flush_due(&mut self) -> Result<(), WorkerError> {
+        let now = Instant::now();
+        for i in 0..self.specs.len() {
+            let s = &self.states[i];
+            let has_data = s.batcher.rows() > 0 || !s.letters.is_empty() || !s.processed.is_empty();
+            let age = s.batcher.opened().map(|o| now.duration_since(o));
+            let max_age = Duration::from_millis(self.specs[i].batch.max_age_ms);
+            if has_data && age.is_none_or(|a| a >= max_age) {
+                self.flush(i, FlushReason::Age)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush every pipeline.
+    pub fn flush_all(&mut self, reason: FlushReason) -> Result<(), WorkerError> {
+        for i in 0..self.specs.len() {
+            self.flush(i, reason)?;
+        }
+        Ok(())
+    }
+
+    /// Write the pipeline's rows and dead letters durably, then advance its offsets.
+    fn flush(&mut self, pipeline: usize, reason: FlushReason) -> Result<(), WorkerError> {
+        let state = &mut self.states[pipeline];
+        if state.batcher.rows() == 0 && state.letters.is_empty() && state.processed.is_empty() {
+            return Ok(());
+        }
+        let spec = &self.specs[pipeline];
+        let batches = state.batcher.finish();
+        let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
+        let started = Instant::now();
+        if !batches.is_empty() {
+            let sink = self.sink.clone();
+            retry(
+                &self.abort,
+                &self.stats,
+                "the sink",
+                || sink.write(&batches),
+                |e: &SinkError| e.is_retriable(),
+            )
+            .map_err(|e| e.map_or(WorkerError::Aborted("the sink"), WorkerError::Sink))?;
+        }
+        if !state.letters.is_empty() {
+            let letters = std::mem::take(&mut state.letters);
+            let writer = &mut self.dead_letters;
+            retry(
+                &self.abort,
+                &self.stats,
+                "the dead-letter destination",
+                || writer.write(&letters),
+                |e: &DeadLetterError| !matches!(e, DeadLetterError::Setup(_)),
+            )
+            .map_err(|e| {
+                e.map_or(
+                    WorkerError::Aborted("the dead-letter destination"),
+                    WorkerError::DeadLetter,
+                )
+            })?;
+        }
+        for (partition, offset) in state.processed.drain() {
+            self.delivered.advance(&spec.topic, partition, offset + 1);
+        }
+        RunStats::add(&self.stats.flushes, 1);
+        tracing::debug!(worker = self.id, pipeline = %spec.name, reason = reason.as_str(), rows, tables = ?batches.iter().map(|(t, _)| Table::name(*t)).collect::<Vec<_>>(), ms = started.elapsed().as_millis() as u64, "flushed");
+        Ok(())
+    }
+
+    /// The worker thread's loop: take messages (grouped into transform batches), flush on
+    /// limits, age and requests; on disconnect, flush and exit.
+    pub fn run(mut self, rx: Receiver<WorkItem>) -> Result<(), WorkerError> {
+        let mut group: Vec<Message> = Vec::with_capacity(MAX_TRANSFORM_BATCH);
+        let mut group_pipeline = 0;
+        loop {
+            let wait = self
+                .next_deadline()
+                .map_or(Duration::from_millis(200), |d| {
+                    d.saturating_duration_since(Instant::now())
+                })
+                .min(Duration::from_millis(200));
+            let first = match rx.recv_timeout(wait) {
+                Ok(item) => Some(item),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.flush_all(FlushReason::Shutdown);
+                }
+            };
+            let mut next = first;
+            while let Some(item) = next.take() {
+                match item {
+                    WorkItem::Msg {
+                        pipeline,
+                        msg,
+                        bytes,
+                    } => {
+                        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                        self.stats.dequeue(bytes);
+                        if pipeline != group_pipeline || group.len() >= MAX_TRANSFORM_BATCH {
+                            self.handle(group_pipeline, &group)?;
+                            group.clear();
+                            group_pipeline = pipeline;
+                        }
+                        group.push(msg);
+                    }
+                    WorkItem::Flush { reason, ack } => {
+                        self.handle(group_pipeline, &group)?;
+                        group.clear();
+                        let result = self.flush_all(reason);
+                        let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                        result?;
+                    }
+                }
+                next = match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => {
+                        self.handle(group_pipeline, &group)?;
+                        return self.flush_all(FlushReason::Shutdown);
+                    }
+                };
+            }
+            self.handle(group_pipeline, &group)?;
+            group.clear();
+            self.flush_due()?;
+        }
+    }
+}
+
+fn dead_letter(spec: &PipelineSpec, m: &Message, error: String, class: &'static str) -> DeadLetter {
+    DeadLetter {
+        dlq_topic: spec.dead_letter_topic.clone(),
+        key: m.key.clone(),
+        value: m.payload.clone(),
+        headers: m.headers.clone(),
+        timestamp_ms: m.timestamp_ms,
+        error,
+        error_class: class,
+        transform: spec.module.name().to_string(),
+        version: spec.module.version().to_string(),
+        topic: m.topic.clone(),
+        partition: m.partition,
+        offset: m.offset,
+    }
+}
+
+/// Run `f` until it succeeds, backing off exponentially (100 ms doubling to 5 s, with
+/// jitter) on retriable errors. `Err(Some(e))`: a fatal error; `Err(None)`: aborted.
+fn retry<E: std::fmt::Display>(
+    abort: &AtomicBool,
+    stats: &RunStats,
+    what: &str,
+    mut f: impl FnMut() -> Result<(), E>,
+    retriable: impl Fn(&E) -> bool,
+) -> Result<(), Option<E>> {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1u64.. {
+        match f() {
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "{what} recovered");
+                }
+                return Ok(());
+            }
+            Err(e) if retriable(&e) => {
+                if abort.load(Ordering::Relaxed) {
+                    tracing::error!(error = %e, "giving up on {what}: shutting down");
+                    return Err(None);
+                }
+                RunStats::add(&stats.sink_retries, 1);
+                if attempt == 1 || attempt.is_power_of_two() {
+                    tracing::warn!(attempt, error = %e, "{what} failed; retrying (offsets stay uncommitted)");
+                }
+                // Jitter (up to a quarter of the delay) keeps workers from retrying in lockstep.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos() as u64);
+                let jitter = Duration::from_nanos(nanos % (delay.as_nanos() as u64 / 4 + 1));
+                std::thread::sleep(delay + jitter);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(Some(e)),
+        }
+    }
+    unreachable!("the retry loop only ends by returning")
+}

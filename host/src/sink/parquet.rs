@@ -1,0 +1,265 @@
+//! The embedded default sink: Parquet files under `DIR/<table>/date=YYYY-MM-DD/<unique>.parquet`,
+//! zstd-compressed, written to a hidden temp file, fsynced, then renamed, so a reader never
+//! sees a partial file.
+
+use super::{Sink, SinkError};
+use crate::batch::Table;
+use arrow_array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Writes each flush as one Parquet file per table.
+pub struct ParquetSink {
+    dir: PathBuf,
+    seq: AtomicU64,
+    props: WriterProperties,
+}
+
+impl ParquetSink {
+    /// A sink writing under `dir` (created when missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ParquetSink {
+            dir: dir.into(),
+            seq: AtomicU64::new(0),
+            props: WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build(),
+        }
+    }
+
+    /// The output directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write_one(&self, table: Table, batch: &RecordBatch) -> Result<PathBuf, String> {
+        let dir = self
+            .dir
+            .join(table.name())
+            .join(format!("date={}", utc_date_today()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let name = unique_name("parquet", self.seq.fetch_add(1, Ordering::Relaxed));
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let fin = dir.join(&name);
+        let result = (|| {
+            let file =
+                File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let mut w = ArrowWriter::try_new(file, batch.schema(), Some(self.props.clone()))
+                .map_err(|e| format!("parquet writer: {e}"))?;
+            w.write(batch)
+                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            let file = w
+                .into_inner()
+                .map_err(|e| format!("cannot finish {}: {e}", tmp.display()))?;
+            file.sync_all()
+                .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &fin)
+                .map_err(|e| format!("cannot rename to {}: {e}", fin.display()))?;
+            sync_dir(&dir);
+            Ok(fin.clone())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// A file name unique across processes and restarts: time, pid, sequence.
+pub fn unique_name(ext: &str, seq: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{}-{seq:06}.{ext}", now.as_nanos(), std::process::id())
+}
+
+/// Today's UTC date as `YYYY-MM-DD` (the partition directory of files written now).
+pub fn utc_date_today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    civil_date(secs.div_euclid(86_400))
+}
+
+/// `YYYY-MM-DD` of a day number since 1970-01-01.
+pub fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{m:02}-{d:02}", if m <= 2 { y + 1 } else { y })
+}
+
+/// Make a rename durable: fsync the directory (best effort; not every filesystem allows it).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Sink for ParquetSink {
+    fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
+        for (table, batch) in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            // A failed write leaves no visible file; a retry writes the whole flush again, and
+            // files already written for other tables of this flush are at-least-once duplicates
+            // that `id` de-duplicates.
+            let path = self
+                .write_one(*table, batch)
+                .map_err(|message| SinkError::Retriable {
+                    sink: "parquet",
+                    message,
+                })?;
+            tracing::debug!(table = table.name(), rows = batch.num_rows(), path = %path.display(), "wrote parquet file");
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "parquet"
+    }
+}
+
+/// Read every row of `table` under `dir` (all date partitions), in file-name order.
+pub fn read_table(dir: &Path, table: Table) -> Result<Vec<RecordBatch>, String> {
+    let mut files = Vec::new();
+    let root = dir.join(table.name());
+    if root.exists() {
+        for part in std::fs::read_dir(&root).map_err(|e| e.to_string())? {
+            let part = part.map_err(|e| e.to_string())?.path();
+            if !part.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&part).map_err(|e| e.to_string())? {
+                let f = f.map_err(|e| e.to_string())?.path();
+                let visible = f
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'));
+                if visible && f.extension().is_some_and(|e| e == "parquet") {
+                    files.push(f);
+                }
+            }
+        }
+    }
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let file = File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        for batch in reader {
+            out.push(batch.map_err(|e| format!("{}: {e}", f.display()))?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{Lineage, TableBatcher};
+    use crate::wasm::{Event, Row};
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(20_375), "2025-10-14");
+        assert_eq!(civil_date(19_782), "2024-02-29");
+        assert_eq!(civil_date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn writes_readable_files_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(dir.path());
+        let mut b = TableBatcher::new(true);
+        for i in 0..3 {
+            b.push(
+                &Row::Event(Event {
+                    timestamp: Some(i),
+                    entity_id: "e".into(),
+                    event_type: "log".into(),
+                    source: "s".into(),
+                    environment: "p".into(),
+                    message: format!("m{i}"),
+                    tags: vec![],
+                    attributes: "{}".into(),
+                    trace_id: None,
+                    id: Some(format!("id{i}")),
+                    created_at: Some(0),
+                }),
+                &Lineage {
+                    topic: "t",
+                    partition: 0,
+                    offset: i,
+                    version: "v",
+                },
+            );
+        }
+        sink.write(&b.finish()).unwrap();
+        let batches = read_table(dir.path(), Table::Events).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        assert_eq!(batches[0].schema(), Table::Events.schema(true));
+        // No temp file is left behind.
+        let day = dir
+            .path()
+            .join("events")
+            .join(format!("date={}", utc_date_today()));
+        let names: Vec<String> = std::fs::read_dir(day)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert!(
+            names[0].ends_with(".parquet") && !names[0].starts_with('.'),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_a_retriable_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let sink = ParquetSink::new(&file);
+        let mut b = TableBatcher::new(false);
+        b.push(
+            &Row::Event(Event {
+                timestamp: Some(0),
+                entity_id: "e".into(),
+                event_type: "log".into(),
+                source: "s".into(),
+                environment: "p".into(),
+                message: "m".into(),
+                tags: vec![],
+                attributes: "{}".into(),
+                trace_id: None,
+                id: Some("i".into()),
+                created_at: Some(0),
+            }),
+            &Lineage {
+                topic: "t",
+                partition: 0,
+                offset: 0,
+                version: "v",
+            },
+        );
+        let err = sink.write(&b.finish()).unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+        assert!(err.to_string().contains("cannot create"), "{err}");
+    }
+}

@@ -1,0 +1,529 @@
+//! The Kafka source: one consumer thread polls the group and routes each partition's records,
+//! in order, to one worker (by hash), over bounded queues. When a worker's queue is full the
+//! partition is paused instead of buffering more. Offsets are committed only for the
+//! delivered prefix reported by the workers; on revoke and on shutdown the workers flush
+//! first and the commit is synchronous.
+
+use crate::config::Config;
+use crate::deadletter::DeadLetterWriter;
+use crate::pipeline::worker::WorkItem;
+use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker};
+use crate::sink::Sink;
+use crate::wasm::{Header, Message};
+use crossbeam_channel::{Sender, bounded};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::topic_partition_list::TopicPartitionListElem;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Why the run stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("{0}")]
+    Worker(String),
+    #[error(
+        "shutdown did not finish within {0:?}: unflushed data was not committed and will be re-read"
+    )]
+    ShutdownTimeout(Duration),
+}
+
+/// Options of one `run`.
+pub struct RunOptions {
+    /// Stop (gracefully) after this long without a new record, once partitions are assigned.
+    pub stop_after_idle: Option<Duration>,
+    /// Set to request a graceful stop (SIGTERM/SIGINT).
+    pub shutdown: Arc<AtomicBool>,
+    /// Where dead letters without a topic go.
+    pub data_dir: PathBuf,
+}
+
+type Tp = (String, i32);
+
+struct Pending {
+    pipeline: usize,
+    msg: Message,
+    bytes: usize,
+}
+
+struct WorkerHandle {
+    tx: Sender<WorkItem>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// State shared between the poll loop and the rebalance callbacks (which run inside poll).
+struct Shared {
+    workers: Vec<WorkerHandle>,
+    queue_messages: usize,
+    queue_bytes: usize,
+    delivered: Arc<DeliveredOffsets>,
+    stats: Arc<RunStats>,
+    /// Records held back for paused partitions, in order.
+    held: Mutex<HashMap<Tp, VecDeque<Pending>>>,
+    assigned: Mutex<HashSet<Tp>>,
+    committed: Mutex<HashMap<Tp, i64>>,
+    flush_timeout: Duration,
+    failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn worker_for(&self, tp: &Tp) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tp.hash(&mut h);
+        (h.finish() % self.workers.len() as u64) as usize
+    }
+
+    fn has_room(&self, w: usize) -> bool {
+        let wk = &self.workers[w];
+        wk.tx.len() < self.queue_messages
+            && wk.queued_bytes.load(Ordering::Relaxed) < self.queue_bytes
+    }
+
+    fn send(&self, w: usize, p: Pending) -> Result<(), String> {
+        let wk = &self.workers[w];
+        wk.queued_bytes.fetch_add(p.bytes, Ordering::Relaxed);
+        self.stats.enqueue(p.bytes);
+        wk.tx
+            .send(WorkItem::Msg {
+                pipeline: p.pipeline,
+                msg: p.msg,
+                bytes: p.bytes,
+            })
+            .map_err(|_| "a worker stopped".to_string())
+    }
+
+    /// Ask every worker to flush everything and wait for all answers.
+    fn flush_workers(&self, reason: FlushReason) -> Result<(), String> {
+        let mut acks = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = bounded(1);
+            if w.tx.send(WorkItem::Flush { reason, ack: tx }).is_err() {
+                return Err("a worker stopped".into());
+            }
+            acks.push(rx);
+        }
+        let deadline = Instant::now() + self.flush_timeout;
+        for rx in acks {
+            match rx.recv_deadline(deadline) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(format!(
+                        "workers did not flush within {:?}",
+                        self.flush_timeout
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit delivered offsets of `only` (or of every assigned partition) that moved.
+    fn commit(&self, consumer: &BaseConsumer<Ctx>, mode: CommitMode, only: Option<&HashSet<Tp>>) {
+        let delivered = self.delivered.snapshot();
+        let assigned = self
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tpl = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        for (tp, next) in delivered {
+            let wanted = only.map_or(assigned.contains(&tp), |o| o.contains(&tp));
+            if wanted && committed.get(&tp) != Some(&next) {
+                let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
+                moved.push((tp, next));
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                RunStats::add(&self.stats.commits, 1);
+                for (tp, next) in moved {
+                    tracing::debug!(topic = %tp.0, partition = tp.1, offset = next, "committed");
+                    committed.insert(tp, next);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; it will be retried"),
+        }
+    }
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {}
+
+fn tps(tpl: &TopicPartitionList) -> HashSet<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e: &TopicPartitionListElem| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let s = &self.shared;
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let revoked = tps(tpl);
+                // Held records of revoked partitions were never processed: the next owner reads
+                // them again from the committed offset.
+                {
+                    let mut held = s.held.lock().unwrap_or_else(|p| p.into_inner());
+                    for tp in &revoked {
+                        if held.remove(tp).is_some() {
+                            s.stats.paused.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // Flush what the workers hold for every partition, then commit synchronously
+                // before the partitions are released.
+                if let Err(e) = s.flush_workers(FlushReason::Revoke) {
+                    tracing::error!(error = %e, "flush on revoke failed; uncommitted records will be re-read by the next owner");
+                    *s.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+                s.commit(consumer, CommitMode::Sync, Some(&revoked));
+                let list: Vec<Tp> = revoked.iter().cloned().collect();
+                s.delivered.remove(&list);
+                let mut assigned = s.assigned.lock().unwrap_or_else(|p| p.into_inner());
+                let mut committed = s.committed.lock().unwrap_or_else(|p| p.into_inner());
+                for tp in &revoked {
+                    assigned.remove(tp);
+                    committed.remove(tp);
+                }
+                tracing::info!(
+                    partitions = revoked.len(),
+                    "partitions revoked (flushed and committed)"
+                );
+            }
+            Rebalance::Assign(_) | Rebalance::Error(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let got = tps(tpl);
+                tracing::info!(partitions = ?got.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(), "partitions assigned");
+                self.shared
+                    .assigned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(got);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn to_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    key: h.key.to_string(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Message {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        headers,
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+/// The consumer configuration: the file's properties, then the settings at-least-once needs.
+pub fn consumer_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", &config.kafka.group_id)
+        // We commit explicitly, and only what was delivered.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    if !config.kafka.properties.contains_key("auto.offset.reset") {
+        c.set("auto.offset.reset", "earliest");
+    }
+    if !config
+        .kafka
+        .properties
+        .contains_key("queued.max.messages.kbytes")
+    {
+        // Bound librdkafka's own prefetch buffer too (per partition).
+        c.set("queued.max.messages.kbytes", "16384");
+    }
+    c
+}
+
+/// Run the pipelines from Kafka until shutdown is requested (or the idle limit passes).
+pub fn run(
+    config: &Config,
+    specs: Vec<PipelineSpec>,
+    sink: Arc<dyn Sink>,
+    stats: Arc<RunStats>,
+    opts: RunOptions,
+) -> Result<(), RunError> {
+    let specs = Arc::new(specs);
+    let by_topic: HashMap<String, usize> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.topic.clone(), i))
+        .collect();
+    let delivered = Arc::new(DeliveredOffsets::default());
+    let abort = Arc::new(AtomicBool::new(false));
+    let n = config.runtime.worker_count();
+    let mut handles: Vec<JoinHandle<Result<(), String>>> = Vec::new();
+    let mut workers = Vec::new();
+    let failed_flag = Arc::new(Mutex::new(None::<String>));
+    for id in 0..n {
+        // Channel capacity is a backstop; the consumer pauses partitions before it is reached.
+        let (tx, rx) = bounded(config.runtime.queue_messages + 1);
+        let dlq = DeadLetterWriter::new(Some(config.kafka.clone()), opts.data_dir.clone());
+        let worker = Worker::new(
+            id,
+            specs.clone(),
+            sink.clone(),
+            dlq,
+            delivered.clone(),
+            stats.clone(),
+            abort.clone(),
+            config.runtime.lineage,
+        );
+        let queued_bytes = worker.queued_bytes.clone();
+        let failed = failed_flag.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || {
+                worker.run(rx).map_err(|e| {
+                    tracing::error!(worker = id, error = %e, "worker stopped");
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    e.to_string()
+                })
+            })
+            .map_err(|e| RunError::Worker(format!("cannot start worker: {e}")))?;
+        handles.push(h);
+        workers.push(WorkerHandle { tx, queued_bytes });
+    }
+    let shared = Arc::new(Shared {
+        workers,
+        queue_messages: config.runtime.queue_messages,
+        queue_bytes: config.runtime.queue_bytes,
+        delivered,
+        stats: stats.clone(),
+        held: Mutex::new(HashMap::new()),
+        assigned: Mutex::new(HashSet::new()),
+        committed: Mutex::new(HashMap::new()),
+        flush_timeout: Duration::from_secs(config.runtime.shutdown_timeout_s),
+        failed: Mutex::new(None),
+    });
+    let consumer: BaseConsumer<Ctx> = consumer_config(config)
+        .create_with_context(Ctx {
+            shared: shared.clone(),
+        })
+        .map_err(|e| RunError::Kafka(format!("cannot create the consumer: {e}")))?;
+    let topics: Vec<&str> = specs.iter().map(|s| s.topic.as_str()).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| RunError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
+    tracing::info!(topics = ?topics, group = %config.kafka.group_id, workers = n, "consuming");
+
+    let commit_every = Duration::from_millis(config.runtime.commit_interval_ms);
+    let mut last_commit = Instant::now();
+    let mut last_record = Instant::now();
+    let mut was_assigned = false;
+    let mut outcome = Ok(());
+    loop {
+        if opts.shutdown.load(Ordering::Relaxed) {
+            tracing::info!("shutdown requested: stopping fetch, flushing, committing");
+            break;
+        }
+        let worker_failure = failed_flag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .or_else(|| {
+                shared
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            });
+        if let Some(e) = worker_failure {
+            outcome = Err(RunError::Worker(e));
+            break;
+        }
+        let assigned_now = !shared
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if assigned_now && !was_assigned {
+            last_record = Instant::now();
+        }
+        was_assigned = assigned_now;
+        if let Some(idle) = opts.stop_after_idle {
+            let drained = shared.stats.queued.load(Ordering::Relaxed) == 0
+                && shared
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+            if assigned_now && drained && last_record.elapsed() >= idle {
+                tracing::info!(idle = ?idle, "no new records: stopping");
+                break;
+            }
+        }
+        release_held(&shared, &consumer);
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                last_record = Instant::now();
+                let tp = (m.topic().to_string(), m.partition());
+                let Some(&pipeline) = by_topic.get(&tp.0) else {
+                    continue;
+                };
+                let msg = to_message(&m);
+                let bytes = msg.payload.len() + msg.key.as_ref().map_or(0, Vec::len) + 128;
+                let p = Pending {
+                    pipeline,
+                    msg,
+                    bytes,
+                };
+                let w = shared.worker_for(&tp);
+                let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(q) = held.get_mut(&tp) {
+                    // Already paused: keep order behind the held records.
+                    q.push_back(p);
+                } else if shared.has_room(w) {
+                    drop(held);
+                    if let Err(e) = shared.send(w, p) {
+                        outcome = Err(RunError::Worker(e));
+                        break;
+                    }
+                } else {
+                    pause(&consumer, &tp);
+                    shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+                    RunStats::add(&shared.stats.pauses, 1);
+                    held.entry(tp).or_default().push_back(p);
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+            None => {}
+        }
+        if last_commit.elapsed() >= commit_every {
+            shared.commit(&consumer, CommitMode::Async, None);
+            last_commit = Instant::now();
+        }
+    }
+
+    // Graceful stop: flush what the workers hold, commit synchronously, then let them exit.
+    let timeout = Duration::from_secs(config.runtime.shutdown_timeout_s);
+    let watchdog_abort = abort.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = done.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if done2.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Past the deadline, retries give up so the process can exit (nothing uncommitted is lost).
+        watchdog_abort.store(true, Ordering::Relaxed);
+    });
+    if outcome.is_ok() {
+        match shared.flush_workers(FlushReason::Shutdown) {
+            Ok(()) => shared.commit(&consumer, CommitMode::Sync, None),
+            Err(e) => {
+                outcome = Err(if abort.load(Ordering::Relaxed) {
+                    RunError::ShutdownTimeout(timeout)
+                } else {
+                    RunError::Worker(e)
+                });
+            }
+        }
+    } else {
+        // Commit what is truly delivered even when stopping on an error.
+        shared.commit(&consumer, CommitMode::Sync, None);
+    }
+    done.store(true, Ordering::Relaxed);
+    // Dropping the senders ends the workers.
+    drop(consumer);
+    drop(shared);
+    for h in handles {
+        if let Ok(Err(e)) = h.join()
+            && outcome.is_ok()
+        {
+            outcome = Err(RunError::Worker(e));
+        }
+    }
+    tracing::info!(stats = %stats.summary(), "stopped");
+    outcome
+}
+
+fn pause(consumer: &BaseConsumer<Ctx>, tp: &Tp) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot pause partition");
+    } else {
+        tracing::debug!(topic = %tp.0, partition = tp.1, "paused (worker queue full)");
+    }
+}
+
+/// Move held records of paused partitions into worker queues as room frees up; resume a
+/// partition once all its held records are queued.
+fn release_held(shared: &Shared, consumer: &BaseConsumer<Ctx>) {
+    let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+    if held.is_empty() {
+        return;
+    }
+    let mut resumed = Vec::new();
+    for (tp, q) in held.iter_mut() {
+        let w = shared.worker_for(tp);
+        while shared.has_room(w) {
+            let Some(p) = q.pop_front() else { break };
+            if shared.send(w, p).is_err() {
+                return;
+            }
+        }
+        if q.is_empty() {
+            resumed.push(tp.clone());
+        }
+    }
+    for tp in resumed {
+        held.remove(&tp);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot resume partition");
+        }
+        shared.stats.paused.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources: Kafka (the consumer group) and files (replay/backfill).
+
+pub mod file;
+pub mod kafka;
