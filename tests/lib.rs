@@ -1,1 +1,437 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: a real Kafka-compatible broker (tansu) started on
+//! a free loopback port, a producer that records where each record landed, the processor
+//! run as a separate process, and readers for what it wrote.
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use vast_processor::batch::Table;
+
+/// Scratch space under the target directory (logs, the compiled-transform cache).
+pub fn scratch() -> PathBuf {
+    let p = root().join("target/e2e-scratch");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The tansu binary: `$TANSU_BIN`, else `target/tools/tansu` (installed by `scripts/get-tansu`,
+/// which `.ci/run` runs). A missing broker is a test failure, never a skip.
+pub fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = root().join("target/tools/tansu");
+    assert!(
+        p.exists(),
+        "the tansu broker is not installed at {}: run scripts/get-tansu (.ci/run does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker on 127.0.0.1, in memory, killed (by PID) when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    pub addr: String,
+}
+
+impl Broker {
+    /// Start a broker and wait until it accepts connections.
+    pub fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(scratch().join(format!("tansu-{port}.log"))).unwrap();
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start tansu");
+        let b = Broker {
+            child: Some(child),
+            port,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&b.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on {}",
+                b.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
+    }
+
+    /// Create a topic.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.addr),
+            ])
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot create topic {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Where a produced record landed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Produced {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Deliveries(Mutex<HashMap<usize, Result<(i32, i64), String>>>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<usize>;
+    fn delivery(&self, r: &DeliveryResult<'_>, idx: Box<usize>) {
+        let v = match r {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        self.0.lock().unwrap().insert(*idx, v);
+    }
+}
+
+/// Produce `records` (key, payload) to `topic`, spread over partitions by the client, and
+/// return where each landed (from the delivery reports: tansu's high watermark is not
+/// reliable after batched produces).
+pub fn produce(addr: &str, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) -> Vec<Produced> {
+    let p: BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .create_with_context(Deliveries::default())
+        .unwrap();
+    for (i, (k, v)) in records.iter().enumerate() {
+        let mut rec = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(v);
+        if let Some(k) = k {
+            rec = rec.key(k);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    p.poll(Duration::from_millis(10));
+                    rec = back;
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let d = p.context().0.lock().unwrap();
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            let (partition, offset) = d
+                .get(&i)
+                .unwrap_or_else(|| panic!("no delivery report for record {i}"))
+                .clone()
+                .unwrap_or_else(|e| panic!("record {i} not delivered: {e}"));
+            Produced {
+                topic: topic.into(),
+                partition,
+                offset,
+                key: k.clone(),
+                payload: v.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Generated records for `topic` (every `invalid_every`th malformed; 0 = none).
+pub fn generated(
+    topic: &str,
+    n: usize,
+    invalid_every: usize,
+    seed: u64,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    use vast_processor::generate::{Rng, malformed, record};
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let r = if invalid_every > 0 && (i + 1) % invalid_every == 0 {
+                malformed(topic, &mut rng)
+            } else {
+                record(topic, &mut rng, 1_760_457_600_000_000 + i as i64).unwrap()
+            };
+            (r.key, r.payload)
+        })
+        .collect()
+}
+
+/// A pipelines.toml for tests: the bundled transforms for `topics`, dead letters to
+/// `<topic>-dlq`, fast group joins and short batch ages.
+pub fn test_config(broker: &Broker, group: &str, topics: &[&str], extra: &str) -> String {
+    let mut s = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"auto.offset.reset\" = \"earliest\"\n[runtime]\nshutdown_timeout_s = 20\ncommit_interval_ms = 200\n{extra}\n",
+        broker.addr
+    );
+    for t in topics {
+        s.push_str(&format!(
+            "[[pipelines]]\ntopic = \"{t}\"\ntransform = \"{t}\"\ndead_letter_topic = \"{t}-dlq\"\n[pipelines.batch]\nmax_age_ms = 300\nmax_rows = 5000\n"
+        ));
+    }
+    s
+}
+
+/// The processor, run as its own process.
+pub struct Processor {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Processor {
+    /// Start `bin run --config <dir>/pipelines.toml --data-dir <data>` plus `args`.
+    pub fn start(bin: &str, dir: &Path, config: &str, data: &Path, args: &[&str]) -> Processor {
+        let cfg = dir.join("pipelines.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("processor-{n}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(data)
+            .args(args)
+            .env("VAST_PROCESSOR_CACHE_DIR", scratch().join("wasm-cache"))
+            .env("RUST_LOG", "info,vast_processor=debug")
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .env_remove("KAFKA_TOPICS")
+            .env_remove("VAST_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Processor {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Send a signal (e.g. libc SIGTERM = 15, SIGKILL = 9) to the process.
+    pub fn signal(&self, sig: i32) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit (panics after `timeout`, printing its log).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                self.child = None;
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "processor did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Rows of `table` written under `data` (each row a JSON object).
+pub fn rows(data: &Path, table: Table) -> Vec<Value> {
+    vast_processor::cli::commands::table_rows(data, table).unwrap()
+}
+
+/// Wait until `f` returns true (panics after `timeout` with `what`).
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A dead-letter record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+fn to_letter(m: &BorrowedMessage<'_>) -> Letter {
+    let mut headers = HashMap::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            headers.insert(
+                h.key.to_string(),
+                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    Letter {
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}
+
+/// Read every partition of `topic` from the beginning: at least `want` records (until
+/// `timeout`), then whatever else arrives until the topic has been quiet for a second.
+pub fn read_topic(
+    addr: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Letter> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", format!("reader-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push(to_letter(&m));
+                quiet_since = Instant::now();
+            }
+            _ if out.len() >= want && quiet_since.elapsed() > Duration::from_secs(1) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The group's committed offsets for `topic`'s partitions (-1 when none).
+pub fn committed(addr: &str, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .map(|e| {
+            let off = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            (e.partition(), off)
+        })
+        .collect()
+}
+
+/// End offsets (next offset) per partition, from what was produced.
+pub fn end_offsets(produced: &[Produced]) -> HashMap<i32, i64> {
+    let mut m = HashMap::new();
+    for p in produced {
+        let e = m.entry(p.partition).or_insert(0);
+        *e = (*e).max(p.offset + 1);
+    }
+    m
+}

@@ -175,7 +175,12 @@ impl Worker {
             }
             state.processed.insert(m.partition, m.offset);
         }
-        RunStats::add(&self.stats.messages_in, msgs.len() as u64);
+        let total = self
+            .stats
+            .messages_in
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed)
+            + msgs.len() as u64;
+        tracing::debug!(worker = self.id, pipeline = %spec.name, batch = msgs.len(), messages_in = total, "processed");
         RunStats::add(&self.stats.rows_events, events);
         RunStats::add(&self.stats.rows_metrics, metrics);
         RunStats::add(&self.stats.skipped, skipped);
