@@ -137,8 +137,11 @@ pub struct Produced {
     pub payload: Vec<u8>,
 }
 
+/// Where a record landed (partition, offset), or why it was not delivered.
+type Delivery = Result<(i32, i64), String>;
+
 #[derive(Default)]
-struct Deliveries(Mutex<HashMap<usize, Result<(i32, i64), String>>>);
+struct Deliveries(Mutex<HashMap<usize, Delivery>>);
 
 impl ClientContext for Deliveries {}
 

@@ -232,7 +232,10 @@ pub fn otel_metric(rng: &mut Rng, ts_us: i64) -> Record {
             pb::NumberValue::AsDouble(n as f64)
         };
         pb::NumberDataPoint {
-            attributes: vec![pb::KeyValue::string("database", *rng.pick(&DATABASES))],
+            attributes: vec![pb::KeyValue::string(
+                "database",
+                rng.pick::<&str>(&DATABASES),
+            )],
             start_time_unix_nano: nanos.saturating_sub(60_000_000_000),
             time_unix_nano: nanos,
             value: Some(value),
@@ -300,7 +303,7 @@ pub fn otel_metric(rng: &mut Rng, ts_us: i64) -> Record {
                             "postgresql"
                         },
                     ),
-                    pb::KeyValue::string("deployment.environment", *rng.pick(&ENVS)),
+                    pb::KeyValue::string("deployment.environment", rng.pick::<&str>(&ENVS)),
                 ],
             }),
             scope_metrics: vec![pb::ScopeMetrics { metrics }],

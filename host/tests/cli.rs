@@ -259,3 +259,82 @@ fn a_wasm_path_overrides_the_configured_transform() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn replay_writes_the_same_rows_as_transform_test_and_dead_letters_to_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = vp(&[
+        "replay",
+        "--topic",
+        "raw-logs",
+        "--input",
+        "samples/raw-logs.jsonl",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows =
+        vast_processor::cli::commands::table_rows(&data, vast_processor::batch::Table::Events)
+            .unwrap();
+    // samples/raw-logs.jsonl: 6 valid records and one that is not JSON.
+    assert_eq!(rows.len(), 6);
+    let expected = vp(&[
+        "transform",
+        "test",
+        "--topic",
+        "raw-logs",
+        "--input",
+        "samples/raw-logs.jsonl",
+    ]);
+    let want: Vec<serde_json::Value> = text(&expected.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l.get("row").is_some())
+        .collect();
+    for (r, w) in rows.iter().zip(&want) {
+        assert_eq!(r["id"], w["row"]["id"]);
+        assert_eq!(r["message"], w["row"]["message"]);
+        assert_eq!(r["source_topic"], "raw-logs");
+        assert!(
+            r["transform_version"]
+                .as_str()
+                .unwrap()
+                .starts_with("raw-logs@")
+        );
+    }
+    let dead = vast_processor::deadletter::read_dead_letter_files(&data);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["source_offset"], 6);
+    assert!(
+        dead[0]["error"].as_str().unwrap().contains("invalid JSON"),
+        "{}",
+        dead[0]
+    );
+    // `data summary` reads it back.
+    let out = vp(&["data", "summary", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        text(&out.stdout).contains("events: 6 row(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("dead-letter files: 1"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn run_refuses_bad_config_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(&cfg, "[kafka]\nbootstrap_server = 'x'\n").unwrap();
+    let out = vp(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown field `bootstrap_server`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -273,7 +273,10 @@ pub fn data(cmd: &DataCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             let dead = crate::deadletter::read_dead_letter_files(data_dir);
-            println!("dead letters (files): {}", dead.len());
+            println!(
+                "dead-letter files: {} (pipelines with a dead_letter_topic send theirs to Kafka)",
+                dead.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

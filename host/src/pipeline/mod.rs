@@ -6,7 +6,7 @@ pub mod stats;
 pub mod worker;
 
 pub use stats::RunStats;
-pub use worker::{FlushReason, Worker, WorkerError};
+pub use worker::{FlushReason, Worker, WorkerEnv, WorkerError};
 
 use crate::config::{BatchConfig, Config};
 use crate::registry::{self, LoadError};

@@ -72,6 +72,18 @@ struct PipelineState {
     processed: HashMap<i32, i64>,
 }
 
+/// What every worker of a run shares.
+#[derive(Clone)]
+pub struct WorkerEnv {
+    pub sink: Arc<dyn Sink>,
+    pub delivered: Arc<DeliveredOffsets>,
+    pub stats: Arc<RunStats>,
+    /// Set when retries must give up (shutdown deadline passed).
+    pub abort: Arc<AtomicBool>,
+    /// Add the lineage columns.
+    pub lineage: bool,
+}
+
 /// Processes the partitions routed to it; see the module docs.
 pub struct Worker {
     id: usize,
@@ -95,13 +107,16 @@ impl Worker {
     pub fn new(
         id: usize,
         specs: Arc<Vec<PipelineSpec>>,
-        sink: Arc<dyn Sink>,
+        env: WorkerEnv,
         dead_letters: DeadLetterWriter,
-        delivered: Arc<DeliveredOffsets>,
-        stats: Arc<RunStats>,
-        abort: Arc<AtomicBool>,
-        lineage: bool,
     ) -> Self {
+        let WorkerEnv {
+            sink,
+            delivered,
+            stats,
+            abort,
+            lineage,
+        } = env;
         let states = specs
             .iter()
             .map(|_| PipelineState {

@@ -3,7 +3,9 @@
 
 use crate::cli::transform_test::{Format, read_inputs};
 use crate::deadletter::DeadLetterWriter;
-use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerError};
+use crate::pipeline::{
+    DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv, WorkerError,
+};
 use crate::sink::Sink;
 use crate::wasm::Message;
 use std::path::{Path, PathBuf};
@@ -34,16 +36,15 @@ pub fn replay(
     // No broker: dead letters always go to files.
     spec.dead_letter_topic = None;
     let topic = spec.topic.clone();
-    let mut worker = Worker::new(
-        0,
-        Arc::new(vec![spec]),
+    let env = WorkerEnv {
         sink,
-        DeadLetterWriter::new(None, data_dir.to_path_buf()),
-        Arc::new(DeliveredOffsets::default()),
+        delivered: Arc::new(DeliveredOffsets::default()),
         stats,
-        Arc::new(AtomicBool::new(false)),
+        abort: Arc::new(AtomicBool::new(false)),
         lineage,
-    );
+    };
+    let dead_letters = DeadLetterWriter::new(None, data_dir.to_path_buf());
+    let mut worker = Worker::new(0, Arc::new(vec![spec]), env, dead_letters);
     let mut offset = 0i64;
     for chunk in msgs.chunks(1024) {
         let batch: Vec<Message> = chunk

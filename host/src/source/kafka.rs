@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::deadletter::DeadLetterWriter;
 use crate::pipeline::worker::WorkItem;
-use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker};
+use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv};
 use crate::sink::Sink;
 use crate::wasm::{Header, Message};
 use crossbeam_channel::{Sender, bounded};
@@ -305,16 +305,14 @@ pub fn run(
         // Channel capacity is a backstop; the consumer pauses partitions before it is reached.
         let (tx, rx) = bounded(config.runtime.queue_messages + 1);
         let dlq = DeadLetterWriter::new(Some(config.kafka.clone()), opts.data_dir.clone());
-        let worker = Worker::new(
-            id,
-            specs.clone(),
-            sink.clone(),
-            dlq,
-            delivered.clone(),
-            stats.clone(),
-            abort.clone(),
-            config.runtime.lineage,
-        );
+        let env = WorkerEnv {
+            sink: sink.clone(),
+            delivered: delivered.clone(),
+            stats: stats.clone(),
+            abort: abort.clone(),
+            lineage: config.runtime.lineage,
+        };
+        let worker = Worker::new(id, specs.clone(), env, dlq);
         let queued_bytes = worker.queued_bytes.clone();
         let failed = failed_flag.clone();
         let h = std::thread::Builder::new()
