@@ -288,6 +288,20 @@ impl Config {
                     "must be greater than 0".into(),
                 ));
             }
+            if p.batch.max_rows == 0 || p.batch.max_bytes == 0 || p.batch.max_age_ms == 0 {
+                return Err(invalid(
+                    i,
+                    "batch",
+                    "max_rows, max_bytes and max_age_ms must be greater than 0".into(),
+                ));
+            }
+            if p.dead_letter_topic.as_deref() == Some(p.topic.as_str()) {
+                return Err(invalid(
+                    i,
+                    "dead_letter_topic",
+                    "must differ from the topic (dead letters would be consumed again)".into(),
+                ));
+            }
         }
         Ok(())
     }
