@@ -234,7 +234,8 @@ fn every_topic_lands_exactly_and_bad_records_are_dead_lettered() {
         assert_eq!(
             committed(&broker.addr, "e2e-all", t, 2),
             end_offsets(&mine),
-            "{t}"
+            "{t}; processor log:\n{}",
+            p.log_text()
         );
     }
 }
@@ -461,18 +462,17 @@ fn a_slow_sink_pauses_partitions_instead_of_growing_queues() {
     let run = {
         let (sink, stats, shutdown) = (sink.clone(), stats.clone(), shutdown.clone());
         let data_dir = dir.path().join("data");
+        let metrics = Arc::new(vast_processor::metrics::Metrics::new(
+            specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
+        ));
         std::thread::spawn(move || {
-            kafka::run(
-                &config,
-                specs,
-                sink,
-                stats,
-                RunOptions {
-                    stop_after_idle: None,
-                    shutdown,
-                    data_dir,
-                },
-            )
+            let opts = RunOptions {
+                stop_after_idle: None,
+                shutdown,
+                data_dir,
+                metrics,
+            };
+            kafka::run(&config, specs, sink, stats, opts)
         })
     };
     wait_until(Duration::from_secs(120), "all rows written", || {

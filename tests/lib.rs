@@ -230,7 +230,7 @@ pub fn generated(
 /// `<topic>-dlq`, fast group joins and short batch ages.
 pub fn test_config(broker: &Broker, group: &str, topics: &[&str], extra: &str) -> String {
     let mut s = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"auto.offset.reset\" = \"earliest\"\n[runtime]\nshutdown_timeout_s = 20\ncommit_interval_ms = 200\n{extra}\n",
+        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"auto.offset.reset\" = \"earliest\"\n[admin]\naddr = \"127.0.0.1:0\"\n[runtime]\nshutdown_timeout_s = 20\ncommit_interval_ms = 200\n{extra}\n",
         broker.addr
     );
     for t in topics {
@@ -437,4 +437,35 @@ pub fn end_offsets(produced: &[Produced]) -> HashMap<i32, i64> {
         *e = (*e).max(p.offset + 1);
     }
     m
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus series (exact name and labels as rendered), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

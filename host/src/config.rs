@@ -24,6 +24,9 @@ pub struct Config {
     /// Workers, queues, shutdown.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The admin HTTP server.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// One entry per input topic.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
@@ -138,6 +141,22 @@ impl RuntimeConfig {
             self.workers
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// `[admin]`: the HTTP server for /metrics, /healthz and /readyz.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address; loopback by default. `--admin-addr` overrides it.
+    pub addr: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: "127.0.0.1:9464".into(),
         }
     }
 }

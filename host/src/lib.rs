@@ -10,12 +10,14 @@
 //! - [`config`], [`enrichment`], [`registry`]: what runs where; [`generate`]: sample data;
 //! - [`cli`]: the commands.
 
+pub mod admin;
 pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod enrichment;
 pub mod generate;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod rows;

@@ -338,3 +338,30 @@ fn run_refuses_bad_config_with_the_key_named() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_dotenv_file_in_the_working_directory_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("pipelines.toml"),
+        dir.path().join("pipelines.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "KAFKA_TOPICS=raw-logs,no-such-topic\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vast-processor"))
+        .arg("run")
+        .current_dir(dir.path())
+        .env_remove("KAFKA_TOPICS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("KAFKA_TOPICS") && err.contains("`no-such-topic`"),
+        "{err}"
+    );
+}

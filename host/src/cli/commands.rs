@@ -28,6 +28,9 @@ pub struct RunArgs {
     /// assigned): for scripts, backfills and the quickstart.
     #[arg(long, value_name = "SECONDS")]
     pub stop_after_idle: Option<f64>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz (overrides `admin.addr`).
+    #[arg(long)]
+    pub admin_addr: Option<String>,
 }
 
 /// Load the config file (if present), apply the environment, and validate.
@@ -64,10 +67,28 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             .context("cannot install signal handlers")?;
     }
     let stats = Arc::new(RunStats::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
+    ));
+    let admin_addr = args
+        .admin_addr
+        .clone()
+        .unwrap_or_else(|| config.admin.addr.clone());
+    let _admin = crate::admin::AdminServer::start(
+        &admin_addr,
+        crate::admin::AdminState {
+            metrics: metrics.clone(),
+            stats: stats.clone(),
+            sink: sink.clone(),
+            group: config.kafka.group_id.clone(),
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let opts = RunOptions {
         stop_after_idle: args.stop_after_idle.map(Duration::from_secs_f64),
         shutdown,
         data_dir: data_dir.clone(),
+        metrics,
     };
     tracing::info!(sink = sink.name(), data_dir = %data_dir.display(), "starting");
     kafka::run(&config, specs, sink, stats, opts)?;
@@ -180,7 +201,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         .context("cannot create the Kafka producer")?;
     let started = Instant::now();
     let now_us = super::transform_test::now_micros();
+    let bar = progress(args.count, "records");
     for i in 0..args.count {
+        bar.inc(1);
         let r = if args.invalid_every > 0 && (i + 1) % args.invalid_every == 0 {
             malformed(&args.topic, &mut rng)
         } else {
@@ -224,6 +247,20 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal (quiet in pipes and logs).
+pub fn progress(len: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
 }
 
 /// `data` subcommands.

@@ -227,7 +227,9 @@ pub fn run(
     let mut lines = Vec::new();
     let (mut n_rows, mut n_skip, mut n_err) = (0usize, 0usize, 0usize);
     let mut error_notes = Vec::new();
+    let bar = super::commands::progress(inputs.len() as u64, "messages");
     for (chunk_no, chunk) in inputs.chunks(args.batch_size as usize).enumerate() {
+        bar.inc(chunk.len() as u64);
         let first = chunk_no * args.batch_size as usize;
         let batch: Vec<Message> = chunk
             .iter()
@@ -259,6 +261,7 @@ pub fn run(
             lines.extend(result_lines(idx, result));
         }
     }
+    bar.finish_and_clear();
     writeln!(
         err,
         "{}: {} message(s) -> {n_rows} row(s), {n_skip} skipped, {n_err} error(s)",

@@ -82,6 +82,8 @@ pub struct WorkerEnv {
     pub abort: Arc<AtomicBool>,
     /// Add the lineage columns.
     pub lineage: bool,
+    /// Per-pipeline metrics (indexed like the specs).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Processes the partitions routed to it; see the module docs.
@@ -97,6 +99,7 @@ pub struct Worker {
     abort: Arc<AtomicBool>,
     /// Bytes queued for this worker (decremented as messages are taken).
     pub queued_bytes: Arc<AtomicUsize>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Most messages handed to the transform in one `process` call.
@@ -116,6 +119,7 @@ impl Worker {
             stats,
             abort,
             lineage,
+            metrics,
         } = env;
         let states = specs
             .iter()
@@ -136,6 +140,7 @@ impl Worker {
             stats,
             abort,
             queued_bytes: Arc::new(AtomicUsize::new(0)),
+            metrics,
         }
     }
 
@@ -153,8 +158,24 @@ impl Worker {
             state.instance = Some(inst);
         }
         let instance = state.instance.as_mut().expect("just created");
+        let pm = &self.metrics.pipelines[pipeline];
+        let before = instance.stats().clone();
+        let (wall, cpu) = (Instant::now(), crate::metrics::thread_cpu_ns());
         let now = crate::cli::transform_test::now_micros();
         let results = instance.process(msgs, now);
+        pm.transform_seconds.observe(wall.elapsed().as_secs_f64());
+        pm.transform_cpu_ns.fetch_add(
+            crate::metrics::thread_cpu_ns().saturating_sub(cpu),
+            Ordering::Relaxed,
+        );
+        let after = instance.stats();
+        pm.invocations
+            .fetch_add(after.calls - before.calls, Ordering::Relaxed);
+        pm.traps
+            .fetch_add(after.traps - before.traps, Ordering::Relaxed);
+        pm.memory_high_water
+            .fetch_max(after.memory_high_water as u64, Ordering::Relaxed);
+        pm.add_guest_counters(instance.take_counters());
         let version = spec.module.version();
         let (mut events, mut metrics, mut skipped, mut dead) = (0u64, 0u64, 0u64, 0u64);
         for (m, r) in msgs.iter().zip(results) {
@@ -177,12 +198,15 @@ impl Worker {
                 MessageResult::Skip(_) => skipped += 1,
                 MessageResult::Fail(error) => {
                     dead += 1;
+                    pm.dead_letter("fail");
+                    tracing::info!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered");
                     state.letters.push(dead_letter(spec, m, error, "fail"));
                 }
                 MessageResult::Error(e) => {
                     dead += 1;
                     let class = if e.is_trap() { "trap" } else { "contract" };
-                    tracing::warn!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, error = %e, "record dead-lettered");
+                    pm.dead_letter(class);
+                    tracing::warn!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %e, "record could not be transformed; dead-lettered");
                     state
                         .letters
                         .push(dead_letter(spec, m, e.to_string(), class));
@@ -196,6 +220,9 @@ impl Worker {
             .fetch_add(msgs.len() as u64, Ordering::Relaxed)
             + msgs.len() as u64;
         tracing::debug!(worker = self.id, pipeline = %spec.name, batch = msgs.len(), messages_in = total, "processed");
+        pm.messages_in
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        pm.skipped.fetch_add(skipped, Ordering::Relaxed);
         RunStats::add(&self.stats.rows_events, events);
         RunStats::add(&self.stats.rows_metrics, metrics);
         RunStats::add(&self.stats.skipped, skipped);
@@ -258,6 +285,8 @@ impl Worker {
             return Ok(());
         }
         let spec = &self.specs[pipeline];
+        let pm = &self.metrics.pipelines[pipeline];
+        let bytes = state.batcher.bytes();
         let batches = state.batcher.finish();
         let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         let started = Instant::now();
@@ -266,11 +295,16 @@ impl Worker {
             retry(
                 &self.abort,
                 &self.stats,
+                pm,
                 "the sink",
                 || sink.write(&batches),
                 |e: &SinkError| e.is_retriable(),
             )
             .map_err(|e| e.map_or(WorkerError::Aborted("the sink"), WorkerError::Sink))?;
+            pm.sink_write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            pm.batch_rows.observe(rows as f64);
+            pm.batch_bytes.observe(bytes as f64);
         }
         if !state.letters.is_empty() {
             let letters = std::mem::take(&mut state.letters);
@@ -278,6 +312,7 @@ impl Worker {
             retry(
                 &self.abort,
                 &self.stats,
+                pm,
                 "the dead-letter destination",
                 || writer.write(&letters),
                 |e: &DeadLetterError| !matches!(e, DeadLetterError::Setup(_)),
@@ -288,6 +323,12 @@ impl Worker {
                     WorkerError::DeadLetter,
                 )
             })?;
+        }
+        // Counted once everything of the flush is durable, the flush before the rows, so a
+        // scrape that sees the rows also sees the flush.
+        pm.flush(reason.as_str());
+        for (table, b) in &batches {
+            pm.rows_out[*table as usize].fetch_add(b.num_rows() as u64, Ordering::Relaxed);
         }
         for (partition, offset) in state.processed.drain() {
             self.delivered.advance(&spec.topic, partition, offset + 1);
@@ -379,6 +420,7 @@ fn dead_letter(spec: &PipelineSpec, m: &Message, error: String, class: &'static 
 fn retry<E: std::fmt::Display>(
     abort: &AtomicBool,
     stats: &RunStats,
+    pm: &crate::metrics::PipelineMetrics,
     what: &str,
     mut f: impl FnMut() -> Result<(), E>,
     retriable: impl Fn(&E) -> bool,
@@ -393,11 +435,13 @@ fn retry<E: std::fmt::Display>(
                 return Ok(());
             }
             Err(e) if retriable(&e) => {
+                pm.sink_failures.fetch_add(1, Ordering::Relaxed);
                 if abort.load(Ordering::Relaxed) {
                     tracing::error!(error = %e, "giving up on {what}: shutting down");
                     return Err(None);
                 }
                 RunStats::add(&stats.sink_retries, 1);
+                pm.sink_retries.fetch_add(1, Ordering::Relaxed);
                 if attempt == 1 || attempt.is_power_of_two() {
                     tracing::warn!(attempt, error = %e, "{what} failed; retrying (offsets stay uncommitted)");
                 }
@@ -409,7 +453,10 @@ fn retry<E: std::fmt::Display>(
                 std::thread::sleep(delay + jitter);
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(Some(e)),
+            Err(e) => {
+                pm.sink_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(Some(e));
+            }
         }
     }
     unreachable!("the retry loop only ends by returning")

@@ -31,4 +31,8 @@ pub trait Sink: Send + Sync {
     fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError>;
     /// A short name for logs.
     fn name(&self) -> &'static str;
+    /// Is the sink reachable and writable right now? (for `/readyz`; must be cheap)
+    fn check(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }

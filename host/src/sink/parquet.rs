@@ -130,6 +130,17 @@ impl Sink for ParquetSink {
     fn name(&self) -> &'static str {
         "parquet"
     }
+
+    fn check(&self) -> Result<(), SinkError> {
+        let probe = self.dir.join(format!(".probe-{}", std::process::id()));
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&probe, b""))
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| SinkError::Retriable {
+                sink: "parquet",
+                message: format!("data directory {} is not writable: {e}", self.dir.display()),
+            })
+    }
 }
 
 /// Read every row of `table` under `dir` (all date partitions), in file-name order.

@@ -42,11 +42,17 @@ pub fn replay(
         stats,
         abort: Arc::new(AtomicBool::new(false)),
         lineage,
+        metrics: Arc::new(crate::metrics::Metrics::new([(
+            spec.name.as_str(),
+            spec.topic.as_str(),
+        )])),
     };
     let dead_letters = DeadLetterWriter::new(None, data_dir.to_path_buf());
     let mut worker = Worker::new(0, Arc::new(vec![spec]), env, dead_letters);
     let mut offset = 0i64;
+    let bar = crate::cli::commands::progress(msgs.len() as u64, "records");
     for chunk in msgs.chunks(1024) {
+        bar.inc(chunk.len() as u64);
         let batch: Vec<Message> = chunk
             .iter()
             .map(|inp| {
@@ -67,5 +73,6 @@ pub fn replay(
         worker.flush_due()?;
     }
     worker.flush_all(FlushReason::Shutdown)?;
+    bar.finish_and_clear();
     Ok(())
 }

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub shutdown: Arc<AtomicBool>,
     /// Where dead letters without a topic go.
     pub data_dir: PathBuf,
+    /// Metrics, shared with the admin server.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type Tp = (String, i32);
@@ -74,6 +76,7 @@ struct Shared {
     committed: Mutex<HashMap<Tp, i64>>,
     flush_timeout: Duration,
     failed: Mutex<Option<String>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -129,7 +132,13 @@ impl Shared {
     }
 
     /// Commit delivered offsets of `only` (or of every assigned partition) that moved.
-    fn commit(&self, consumer: &BaseConsumer<Ctx>, mode: CommitMode, only: Option<&HashSet<Tp>>) {
+    /// Returns false when the commit failed (it is retried on the next call).
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        mode: CommitMode,
+        only: Option<&HashSet<Tp>>,
+    ) -> bool {
         let delivered = self.delivered.snapshot();
         let assigned = self
             .assigned
@@ -141,24 +150,37 @@ impl Shared {
         let mut moved = Vec::new();
         for (tp, next) in delivered {
             let wanted = only.map_or(assigned.contains(&tp), |o| o.contains(&tp));
-            if wanted && committed.get(&tp) != Some(&next) {
+            // An async commit may have failed unseen: synchronous commits (revoke, shutdown)
+            // always send every delivered position.
+            let unchanged = committed.get(&tp) == Some(&next) && matches!(mode, CommitMode::Async);
+            if wanted && !unchanged {
                 let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
                 moved.push((tp, next));
             }
         }
         if moved.is_empty() {
-            return;
+            return true;
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
                 RunStats::add(&self.stats.commits, 1);
+                let mut positions = self
+                    .metrics
+                    .partitions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 for (tp, next) in moved {
                     tracing::debug!(topic = %tp.0, partition = tp.1, offset = next, "committed");
+                    positions.entry(tp.clone()).or_default().committed = next;
                     committed.insert(tp, next);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "offset commit failed; it will be retried"),
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; it will be retried");
+                return false;
+            }
         }
+        true
     }
 }
 
@@ -166,7 +188,30 @@ struct Ctx {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's periodic statistics: the high watermark and lag of each partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut positions = self
+            .shared
+            .metrics
+            .partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                let key = (topic.clone(), partition);
+                if partition < 0 || !positions.contains_key(&key) && p.consumer_lag < 0 {
+                    continue;
+                }
+                let e = positions.entry(key).or_default();
+                e.high_watermark = p.hi_offset;
+                if p.consumer_lag >= 0 {
+                    e.lag = p.consumer_lag;
+                }
+            }
+        }
+    }
+}
 
 fn tps(tpl: &TopicPartitionList) -> HashSet<Tp> {
     tpl.elements()
@@ -197,7 +242,7 @@ impl ConsumerContext for Ctx {
                     tracing::error!(error = %e, "flush on revoke failed; uncommitted records will be re-read by the next owner");
                     *s.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 }
-                s.commit(consumer, CommitMode::Sync, Some(&revoked));
+                commit_sync(s, consumer, Some(&revoked));
                 let list: Vec<Tp> = revoked.iter().cloned().collect();
                 s.delivered.remove(&list);
                 let mut assigned = s.assigned.lock().unwrap_or_else(|p| p.into_inner());
@@ -218,6 +263,7 @@ impl ConsumerContext for Ctx {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.shared.metrics.joined.store(true, Ordering::Relaxed);
                 let got = tps(tpl);
                 tracing::info!(partitions = ?got.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(), "partitions assigned");
                 self.shared
@@ -311,6 +357,7 @@ pub fn run(
             stats: stats.clone(),
             abort: abort.clone(),
             lineage: config.runtime.lineage,
+            metrics: opts.metrics.clone(),
         };
         let worker = Worker::new(id, specs.clone(), env, dlq);
         let queued_bytes = worker.queued_bytes.clone();
@@ -339,6 +386,7 @@ pub fn run(
         committed: Mutex::new(HashMap::new()),
         flush_timeout: Duration::from_secs(config.runtime.shutdown_timeout_s),
         failed: Mutex::new(None),
+        metrics: opts.metrics.clone(),
     });
     let consumer: BaseConsumer<Ctx> = consumer_config(config)
         .create_with_context(Ctx {
@@ -457,7 +505,7 @@ pub fn run(
     });
     if outcome.is_ok() {
         match shared.flush_workers(FlushReason::Shutdown) {
-            Ok(()) => shared.commit(&consumer, CommitMode::Sync, None),
+            Ok(()) => commit_sync(&shared, &consumer, None),
             Err(e) => {
                 outcome = Err(if abort.load(Ordering::Relaxed) {
                     RunError::ShutdownTimeout(timeout)
@@ -468,7 +516,7 @@ pub fn run(
         }
     } else {
         // Commit what is truly delivered even when stopping on an error.
-        shared.commit(&consumer, CommitMode::Sync, None);
+        commit_sync(&shared, &consumer, None);
     }
     done.store(true, Ordering::Relaxed);
     // Dropping the senders ends the workers.
@@ -483,6 +531,20 @@ pub fn run(
     }
     tracing::info!(stats = %stats.summary(), "stopped");
     outcome
+}
+
+/// A synchronous commit, retried a few times: used where there is no later chance (revoke,
+/// shutdown). A commit that still fails only means those records are read again.
+fn commit_sync(shared: &Shared, consumer: &BaseConsumer<Ctx>, only: Option<&HashSet<Tp>>) {
+    for attempt in 0..5u32 {
+        if shared.commit(consumer, CommitMode::Sync, only) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200 << attempt));
+    }
+    tracing::error!(
+        "offsets could not be committed; the uncommitted records will be processed again after a restart"
+    );
 }
 
 fn pause(consumer: &BaseConsumer<Ctx>, tp: &Tp) {

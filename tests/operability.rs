@@ -1,0 +1,169 @@
+//! Operability end to end: the admin server's /metrics, /readyz and /healthz, and JSON logs,
+//! through a real broker and the processor run as its own process.
+
+use serde_json::Value;
+use std::time::Duration;
+use vast_processor_tests::*;
+
+const VP: &str = env!("CARGO_BIN_EXE_vp-test");
+
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_move_by_exactly_the_produced_amounts_and_readyz_tracks_join_and_sink() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 2);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = test_config(&broker, "e2e-ops", &["raw-logs"], "");
+    let mut p = Processor::start(VP, dir.path(), &config, &data, &["--log-format", "json"]);
+
+    // The admin address (port 0 in the config) comes from the JSON startup log.
+    let mut addr = String::new();
+    wait_until(Duration::from_secs(60), "the admin server", || {
+        let found = json_lines(&p.log_text()).into_iter().find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("admin server listening"))
+        });
+        if let Some(l) = found {
+            addr = l["addr"].as_str().unwrap().to_string();
+        }
+        !addr.is_empty()
+    });
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    // The group join takes seconds with this broker: not ready yet.
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("has not joined group `e2e-ops`"), "{body}");
+    wait_until(Duration::from_secs(60), "readiness", || {
+        http_get(&addr, "/readyz").0 == 200
+    });
+
+    let series = |name: &str, extra: &str| {
+        format!("{name}{{pipeline=\"raw-logs\",topic=\"raw-logs\"{extra}}}")
+    };
+    let before = http_get(&addr, "/metrics").1;
+    assert_eq!(
+        metric(&before, &series("vast_messages_in_total", "")),
+        0.0,
+        "{before}"
+    );
+
+    let produced = produce(
+        &broker.addr,
+        "raw-logs",
+        &generated("raw-logs", 100, 10, 21),
+    );
+    wait_until(Duration::from_secs(60), "all rows flushed", || {
+        let m = http_get(&addr, "/metrics").1;
+        metric(&m, &series("vast_rows_out_total", ",table=\"events\"")) >= 90.0
+    });
+    let after = http_get(&addr, "/metrics").1;
+    assert_eq!(
+        metric(&after, &series("vast_messages_in_total", "")),
+        100.0,
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, &series("vast_rows_out_total", ",table=\"events\"")),
+        90.0
+    );
+    assert_eq!(
+        metric(&after, &series("vast_rows_out_total", ",table=\"metrics\"")),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            &series("vast_dead_letters_total", ",reason=\"fail\"")
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(&after, &series("vast_transform_errors_total", "")),
+        10.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            &series("vast_dead_letters_total", ",reason=\"trap\"")
+        ),
+        0.0
+    );
+    assert!(metric(&after, &series("vast_transform_invocations_total", "")) >= 1.0);
+    assert!(metric(&after, &series("vast_transform_batch_seconds_count", "")) >= 1.0);
+    assert!(metric(&after, &series("vast_transform_cpu_seconds_total", "")) > 0.0);
+    assert!(
+        metric(
+            &after,
+            &series("vast_transform_memory_high_water_bytes", "")
+        ) > 0.0
+    );
+    assert!(
+        metric(&after, &series("vast_flushes_total", ",reason=\"age\"")) >= 1.0,
+        "{after}"
+    );
+    assert!(metric(&after, &series("vast_sink_write_seconds_count", "")) >= 1.0);
+    assert_eq!(metric(&after, &series("vast_batch_rows_sum", "")), 90.0);
+    assert!(after.contains("# TYPE vast_consumer_lag gauge"), "{after}");
+    assert!(after.contains("vast_paused_partitions 0"), "{after}");
+    // Committed offsets reach the end of each partition.
+    wait_until(Duration::from_secs(30), "committed offsets", || {
+        let m = http_get(&addr, "/metrics").1;
+        end_offsets(&produced).iter().all(|(part, end)| {
+            metric(
+                &m,
+                &format!("vast_committed_offset{{topic=\"raw-logs\",partition=\"{part}\"}}"),
+            ) == *end as f64
+        })
+    });
+
+    // Sink down: the data directory becomes a file. Not ready, with the reason; then back.
+    std::fs::rename(&data, dir.path().join("data.moved")).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not writable"), "{body}");
+    std::fs::remove_file(&data).unwrap();
+    std::fs::rename(dir.path().join("data.moved"), &data).unwrap();
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    // Every log line is one JSON object; lines about a record carry where it came from.
+    let lines = json_lines(&p.log_text());
+    let rejected: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("record rejected"))
+        })
+        .collect();
+    assert_eq!(rejected.len(), 10);
+    for l in rejected {
+        assert_eq!(l["pipeline"], "raw-logs");
+        assert_eq!(l["topic"], "raw-logs");
+        assert!(l["partition"].is_i64() && l["offset"].is_i64(), "{l}");
+        assert!(
+            l["transform"].as_str().unwrap().starts_with("raw-logs@"),
+            "{l}"
+        );
+        assert!(l["level"] == "INFO", "{l}");
+    }
+}
