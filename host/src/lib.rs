@@ -23,4 +23,5 @@ pub mod registry;
 pub mod rows;
 pub mod sink;
 pub mod source;
+pub mod vast;
 pub mod wasm;

@@ -1,0 +1,3 @@
+//! VAST Database: the tabular-API client, its SigV4 signing and wire formats, and the simulator.
+
+pub mod sigv4;
