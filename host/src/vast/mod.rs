@@ -1,3 +1,4 @@
 //! VAST Database: the tabular-API client, its SigV4 signing and wire formats, and the simulator.
 
 pub mod sigv4;
+pub mod wire;
