@@ -85,8 +85,14 @@ pub struct SinkConfig {
     pub secret_key: Option<String>,
     /// VAST: bucket (`VAST_BUCKET`).
     pub bucket: Option<String>,
-    /// VAST: schema (`VAST_SCHEMA`).
+    /// VAST: schema (`VAST_SCHEMA`); default `observability`.
     pub schema: Option<String>,
+    /// VAST over https: a PEM file with the CA of the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// VAST: connect timeout, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// VAST: timeout of one request, milliseconds.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for SinkConfig {
@@ -99,6 +105,9 @@ impl Default for SinkConfig {
             secret_key: None,
             bucket: None,
             schema: None,
+            ca_file: None,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
         }
     }
 }

@@ -41,13 +41,51 @@ pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The VAST connection settings from `[sink]` and the environment.
+pub fn vast_config(
+    config: &Config,
+) -> anyhow::Result<(crate::vast::client::VastConfig, String, String)> {
+    let s = &config.sink;
+    let need = |v: &Option<String>, key: &str, env: &str| {
+        v.clone()
+            .filter(|x| !x.is_empty())
+            .with_context(|| format!("the VAST sink needs sink.{key} (or {env})"))
+    };
+    let endpoint = need(&s.endpoint, "endpoint", "VAST_ENDPOINT")?;
+    let access = need(&s.access_key, "access_key", "VAST_ACCESS_KEY")?;
+    let secret = need(&s.secret_key, "secret_key", "VAST_SECRET_KEY")?;
+    let bucket = need(&s.bucket, "bucket", "VAST_BUCKET")?;
+    let schema = s
+        .schema
+        .clone()
+        .filter(|x| !x.is_empty())
+        .unwrap_or_else(|| "observability".into());
+    let cfg = crate::vast::client::VastConfig {
+        endpoint,
+        credentials: crate::vast::sigv4::Credentials::new(access, secret),
+        ca_file: s.ca_file.as_ref().map(|p| config.base_dir.join(p)),
+        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+        request_timeout: Duration::from_millis(s.request_timeout_ms),
+    };
+    Ok((cfg, bucket, schema))
+}
+
 fn make_sink(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Sink>> {
     match config.sink.kind {
         SinkKind::Parquet => Ok(Arc::new(ParquetSink::new(data_dir))),
-        SinkKind::Vast => bail!(
-            "sink.kind = \"vast\" (or VAST_ENDPOINT) is set, but this build has no VAST sink yet; \
-             unset VAST_ENDPOINT to write Parquet files"
-        ),
+        SinkKind::Vast => {
+            let (cfg, bucket, schema) = vast_config(config)?;
+            let sink = crate::sink::vast::VastSink::connect(
+                &cfg,
+                &bucket,
+                &schema,
+                config.runtime.lineage,
+            )
+            .with_context(|| format!("cannot use VAST at {}", cfg.endpoint))?;
+            sink.bootstrap()
+                .with_context(|| format!("cannot prepare tables in {bucket}/{schema}"))?;
+            Ok(Arc::new(sink))
+        }
     }
 }
 
@@ -261,6 +299,168 @@ pub fn progress(len: u64, unit: &str) -> indicatif::ProgressBar {
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar
+}
+
+/// Arguments of `vast-sim`.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Listen address (loopback).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: String,
+    /// The access key clients must sign with.
+    #[arg(long, env = "VAST_ACCESS_KEY")]
+    pub access_key: String,
+    /// The secret key clients must sign with.
+    #[arg(long, env = "VAST_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: String,
+    /// Buckets that exist (repeatable).
+    #[arg(long = "bucket", env = "VAST_BUCKET", required = true)]
+    pub buckets: Vec<String>,
+    /// The version the server reports.
+    #[arg(long, default_value = "vast 5.3.0.1")]
+    pub server: String,
+}
+
+/// `vast-processor vast-sim`: run the VAST simulator until SIGTERM/SIGINT.
+pub fn vast_sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
+    let sim = crate::vast::sim::Simulator::start(
+        &args.listen,
+        crate::vast::sim::SimOptions {
+            credentials: crate::vast::sigv4::Credentials::new(
+                args.access_key.clone(),
+                args.secret_key.clone(),
+            ),
+            buckets: args.buckets.clone(),
+            server: args.server.clone(),
+        },
+    )
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    eprintln!(
+        "VAST simulator on {} (buckets: {})",
+        sim.endpoint(),
+        args.buckets.join(", ")
+    );
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Pipelines config file.
+    #[arg(long, default_value = "pipelines.toml")]
+    pub config: PathBuf,
+}
+
+/// `vast-processor check`: validate the config, load every transform, and report the sink.
+pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    println!(
+        "config {}: ok ({} pipeline(s))",
+        args.config.display(),
+        config.pipelines.len()
+    );
+    let engine = TransformEngine::new(cache)?;
+    let mut ok = true;
+    for p in &config.pipelines {
+        match pipeline::load_pipelines(
+            &Config {
+                pipelines: vec![p.clone()],
+                ..config.clone()
+            },
+            &engine,
+        ) {
+            Ok(specs) => println!(
+                "pipeline {}: transform {} loads and accepts its config",
+                p.name(),
+                specs[0].module.version()
+            ),
+            Err(e) => {
+                ok = false;
+                println!("pipeline {}: ERROR {e}", p.name());
+            }
+        }
+    }
+    match config.sink.kind {
+        SinkKind::Parquet => {
+            let dir = config.base_dir.join(&config.sink.data_dir);
+            match ParquetSink::new(&dir).check() {
+                Ok(()) => println!("sink parquet: {} is writable", dir.display()),
+                Err(e) => {
+                    ok = false;
+                    println!("sink parquet: ERROR {e}");
+                }
+            }
+        }
+        SinkKind::Vast => {
+            let (cfg, bucket, schema) = vast_config(&config)?;
+            match crate::sink::vast::VastSink::connect(
+                &cfg,
+                &bucket,
+                &schema,
+                config.runtime.lineage,
+            ) {
+                Err(e) => {
+                    ok = false;
+                    println!("sink vast {}: ERROR {e}", cfg.endpoint);
+                }
+                Ok(sink) => {
+                    let v = sink.client().version();
+                    println!(
+                        "sink vast {}: VAST {}.{}.{}.{}, bucket `{bucket}` exists",
+                        cfg.endpoint, v[0], v[1], v[2], v[3]
+                    );
+                    match sink.inspect() {
+                        Err(e) => {
+                            ok = false;
+                            println!("  ERROR {e}");
+                        }
+                        Ok((schema_exists, tables)) => {
+                            println!(
+                                "  schema `{schema}`: {}",
+                                if schema_exists {
+                                    "exists"
+                                } else {
+                                    "missing (will be created)"
+                                }
+                            );
+                            for t in tables {
+                                if !t.exists {
+                                    println!("  table {}: missing (will be created)", t.table);
+                                    continue;
+                                }
+                                println!("  table {}: exists", t.table);
+                                if !t.missing_columns.is_empty() {
+                                    println!(
+                                        "    missing columns (will be added): {}",
+                                        t.missing_columns.join(", ")
+                                    );
+                                }
+                                if !t.mismatched_columns.is_empty() {
+                                    ok = false;
+                                    println!(
+                                        "    ERROR columns of another type: {}",
+                                        t.mismatched_columns.join(", ")
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `data` subcommands.

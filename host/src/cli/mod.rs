@@ -42,6 +42,10 @@ enum Command {
     Replay(commands::ReplayArgs),
     /// Produce realistic sample telemetry to a Kafka topic.
     Generate(commands::GenerateArgs),
+    /// Check the config, load every transform, and report the sink's state.
+    Check(commands::CheckArgs),
+    /// Run the VAST Database simulator (for tests and local runs).
+    VastSim(commands::SimArgs),
     /// Inspect what landed in a Parquet data directory.
     #[command(subcommand)]
     Data(commands::DataCommand),
@@ -88,6 +92,8 @@ pub fn main() -> ExitCode {
         Command::Replay(a) => commands::replay(a, cache),
         Command::Generate(a) => commands::generate(a),
         Command::Data(d) => commands::data(d),
+        Command::Check(a) => commands::check(a, cache),
+        Command::VastSim(a) => commands::vast_sim(a),
         Command::Transform(TransformCommand::Test(args)) => (|| {
             let engine = crate::wasm::TransformEngine::new(cache)?;
             let outcome = transform_test::run(

@@ -2,6 +2,7 @@
 //! when it returns `Ok`, because offsets are committed right after.
 
 pub mod parquet;
+pub mod vast;
 
 use crate::batch::Table;
 use arrow_array::RecordBatch;

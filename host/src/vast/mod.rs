@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod sigv4;
+pub mod sim;
 pub mod wire;

@@ -1,0 +1,277 @@
+//! The VAST Database sink: one transaction per flush covering both tables, so rows become
+//! visible only at commit. Tables are created (with the Python table creator's sorting keys
+//! when the server supports them) or completed (missing lineage columns added) on first use.
+//! Failures roll the transaction back; retriable ones are retried by the worker (which keeps
+//! offsets uncommitted and, through its bounded queue, pauses consumption), fatal ones
+//! (credentials, schema mismatch, missing bucket) stop the pipeline.
+
+use super::{Sink, SinkError};
+use crate::batch::Table;
+use crate::vast::client::{TxId, VastClient, VastConfig, VastError, conform};
+use arrow_array::RecordBatch;
+use arrow_schema::Schema;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Sorting keys of the Python table creator, as column indices of the contract schemas:
+/// events (entity_id, timestamp, event_type), metrics (metric_name, entity_id, timestamp).
+pub fn sorting_key(table: Table) -> &'static [usize] {
+    match table {
+        Table::Events => &[1, 0, 2],
+        Table::Metrics => &[0, 1, 2],
+    }
+}
+
+/// What `check` reports about one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableReport {
+    pub table: &'static str,
+    pub exists: bool,
+    /// Columns the processor writes that the table lacks (they would be added).
+    pub missing_columns: Vec<String>,
+    /// Columns whose type differs (writes would fail).
+    pub mismatched_columns: Vec<String>,
+}
+
+/// The VAST sink.
+pub struct VastSink {
+    client: VastClient,
+    bucket: String,
+    schema: String,
+    lineage: bool,
+    /// Table layouts as listed by the server, once a transaction that ensured them committed.
+    ready: Mutex<HashMap<Table, Schema>>,
+}
+
+fn fatal(e: VastError) -> SinkError {
+    let message = if e.is_auth() {
+        format!("{e} (check VAST_ACCESS_KEY / VAST_SECRET_KEY)")
+    } else {
+        e.to_string()
+    };
+    SinkError::Fatal {
+        sink: "vast",
+        message,
+    }
+}
+
+fn classify(e: VastError) -> SinkError {
+    // A table that vanished is re-created on the next attempt.
+    if e.is_retriable() || matches!(e, VastError::Http { status: 404, .. }) {
+        SinkError::Retriable {
+            sink: "vast",
+            message: e.to_string(),
+        }
+    } else {
+        fatal(e)
+    }
+}
+
+impl VastSink {
+    /// Connect (version probe: a non-VAST server or wrong credentials fail here) and check
+    /// the bucket exists.
+    pub fn connect(
+        config: &VastConfig,
+        bucket: &str,
+        schema: &str,
+        lineage: bool,
+    ) -> Result<VastSink, VastError> {
+        let client = VastClient::connect(config)?;
+        if !client.bucket_exists(bucket)? {
+            return Err(VastError::MissingBucket(bucket.to_string()));
+        }
+        tracing::info!(version = ?client.version(), bucket, schema, "connected to VAST");
+        Ok(VastSink {
+            client,
+            bucket: bucket.into(),
+            schema: schema.into(),
+            lineage,
+            ready: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The connected client.
+    pub fn client(&self) -> &VastClient {
+        &self.client
+    }
+
+    /// Make sure the schema and both tables exist with every column the processor writes,
+    /// in a transaction of their own (used at startup so errors surface early).
+    pub fn bootstrap(&self) -> Result<(), VastError> {
+        let tx = self.client.begin()?;
+        let result = (|| {
+            let mut layouts = HashMap::new();
+            for t in Table::ALL {
+                layouts.insert(t, self.ensure(tx, t)?);
+            }
+            self.client.commit(tx)?;
+            Ok(layouts)
+        })();
+        match result {
+            Ok(layouts) => {
+                *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = layouts;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.client.rollback(tx);
+                Err(e)
+            }
+        }
+    }
+
+    /// Report the bucket/schema/table state and column differences, changing nothing.
+    pub fn inspect(&self) -> Result<(bool, Vec<TableReport>), VastError> {
+        let tx = self.client.begin()?;
+        let result = (|| {
+            let schema_exists = self.client.schema_exists(tx, &self.bucket, &self.schema)?;
+            let mut reports = Vec::new();
+            for t in Table::ALL {
+                let expected = t.schema(self.lineage);
+                let exists = schema_exists
+                    && self
+                        .client
+                        .table_exists(tx, &self.bucket, &self.schema, t.name())?;
+                let (mut missing, mut mismatched) = (Vec::new(), Vec::new());
+                if exists {
+                    let listed =
+                        self.client
+                            .list_columns(tx, &self.bucket, &self.schema, t.name())?;
+                    for f in expected.fields() {
+                        match listed.field_with_name(f.name()) {
+                            Err(_) => missing.push(f.name().clone()),
+                            Ok(l) if l.data_type() != f.data_type() => mismatched.push(format!(
+                                "{} ({} on the server, {} written)",
+                                f.name(),
+                                l.data_type(),
+                                f.data_type()
+                            )),
+                            Ok(_) => {}
+                        }
+                    }
+                }
+                reports.push(TableReport {
+                    table: t.name(),
+                    exists,
+                    missing_columns: missing,
+                    mismatched_columns: mismatched,
+                });
+            }
+            Ok((schema_exists, reports))
+        })();
+        let _ = self.client.rollback(tx);
+        result
+    }
+
+    /// Inside `tx`: create the schema/table if missing, add missing columns, and return the
+    /// table's layout as the server lists it.
+    fn ensure(&self, tx: TxId, table: Table) -> Result<Schema, VastError> {
+        let (b, s, name) = (&self.bucket, &self.schema, table.name());
+        let expected = table.schema(self.lineage);
+        if !self.client.schema_exists(tx, b, s)? {
+            tracing::info!(bucket = %b, schema = %s, "creating schema");
+            self.client.create_schema(tx, b, s)?;
+        }
+        if !self.client.table_exists(tx, b, s, name)? {
+            let sorted: &[usize] = if self.client.supports_sorting() {
+                sorting_key(table)
+            } else {
+                &[]
+            };
+            tracing::info!(table = name, sorted = ?sorted, "creating table");
+            self.client
+                .create_table(tx, b, s, name, &expected, sorted)?;
+        }
+        let listed = self.client.list_columns(tx, b, s, name)?;
+        let mut missing = Vec::new();
+        for f in expected.fields() {
+            match listed.field_with_name(f.name()) {
+                Err(_) => missing.push(f.as_ref().clone().with_nullable(true)),
+                Ok(l) if l.data_type() != f.data_type() => {
+                    return Err(VastError::SchemaMismatch {
+                        table: name.into(),
+                        column: f.name().clone(),
+                        found: l.data_type().to_string(),
+                        expected: f.data_type().to_string(),
+                    });
+                }
+                Ok(_) => {}
+            }
+        }
+        if missing.is_empty() {
+            return Ok(listed);
+        }
+        tracing::info!(table = name, columns = ?missing.iter().map(|f| f.name().clone()).collect::<Vec<_>>(), "adding missing columns");
+        self.client
+            .add_columns(tx, b, s, name, &Schema::new(missing))?;
+        self.client.list_columns(tx, b, s, name)
+    }
+
+    fn write_tx(
+        &self,
+        tx: TxId,
+        batches: &[(Table, RecordBatch)],
+    ) -> Result<HashMap<Table, Schema>, VastError> {
+        let known = self.ready.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut layouts = known.clone();
+        for (table, batch) in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let layout = match known.get(table) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = self.ensure(tx, *table)?;
+                    layouts.insert(*table, l.clone());
+                    l
+                }
+            };
+            let batch = conform(batch, &layout, table.name())?;
+            self.client
+                .insert(tx, &self.bucket, &self.schema, table.name(), &batch)?;
+        }
+        Ok(layouts)
+    }
+}
+
+impl Sink for VastSink {
+    fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
+        let tx = self.client.begin().map_err(classify)?;
+        let result = self.write_tx(tx, batches);
+        let layouts = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // Nothing of this transaction becomes visible; forget layouts it may have changed.
+                let _ = self.client.rollback(tx);
+                self.ready.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                return Err(classify(e));
+            }
+        };
+        match self.client.commit(tx) {
+            Ok(()) => {
+                *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = layouts;
+                Ok(())
+            }
+            Err(e) => {
+                // A commit whose answer was lost may have been applied: redoing the flush can
+                // duplicate rows, which `id` de-duplicates (at-least-once).
+                self.ready.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Err(classify(e))
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "vast"
+    }
+
+    fn check(&self) -> Result<(), SinkError> {
+        match self.client.bucket_exists(&self.bucket) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(fatal(VastError::MissingBucket(self.bucket.clone()))),
+            Err(e) => Err(SinkError::Retriable {
+                sink: "vast",
+                message: format!("VAST unreachable: {e}"),
+            }),
+        }
+    }
+}

@@ -1,0 +1,784 @@
+//! A VAST Database simulator for tests and local runs: the ingest subset of the tabular API
+//! (shared/vast-tabular-api.md) over plain HTTP/1.1 on loopback, checking what the real
+//! server checks: SigV4 signatures (and the payload hash), the `Server` version header,
+//! transactions with isolation (uncommitted changes are invisible, rollback discards them,
+//! conflicting DDL is 409), column types and nullability on insert, the 5 MiB request limit,
+//! and zero-column inserts (501). Faults can be injected: error statuses, latency, and
+//! connections dropped before or after a request is applied.
+
+use super::sigv4::{Credentials, parse_amz_date, sha256_hex, sign_request};
+use super::wire::{self, ObjectDetails};
+use arrow_array::{RecordBatch, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The request size limit (§9.1).
+pub const MAX_REQUEST: usize = 5 * 1024 * 1024;
+
+/// What a fault does to a matching request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultKind {
+    /// Answer with this status and error code, without applying the request.
+    Status(u16, String),
+    /// Close the connection without applying the request or answering.
+    DropBeforeApply,
+    /// Apply the request, then close the connection without answering.
+    DropAfterApply,
+    /// Wait this long before handling the request.
+    Latency(Duration),
+}
+
+/// A fault rule: requests matching `method` / `command` (None = any) get `kind`, for the
+/// next `count` matches (None = unlimited) and until `until` (None = forever).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub method: Option<String>,
+    pub command: Option<String>,
+    pub kind: FaultKind,
+    pub count: Option<usize>,
+    pub until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TableState {
+    schema: Vec<Field>,
+    sorted: Vec<usize>,
+    batches: Vec<RecordBatch>,
+    next_row_id: u64,
+    /// In a transaction's view: how many batches were committed when it began.
+    base: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Db {
+    /// bucket → schema → table.
+    buckets: BTreeMap<String, BTreeMap<String, BTreeMap<String, TableState>>>,
+}
+
+#[derive(Default)]
+struct State {
+    committed: Db,
+    /// Open transactions: their private view of the database.
+    txns: HashMap<u64, Db>,
+    next_txid: u64,
+    faults: Vec<Fault>,
+    log: Vec<String>,
+    commits: u64,
+}
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub credentials: Credentials,
+    pub buckets: Vec<String>,
+    /// The `Server` header, e.g. `vast 5.3.0.1`.
+    pub server: String,
+}
+
+/// A running simulator; stops when dropped.
+pub struct Simulator {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Simulator {
+    /// Listen on `listen` (e.g. `127.0.0.1:0`) and serve in background threads.
+    pub fn start(listen: &str, options: SimOptions) -> std::io::Result<Simulator> {
+        let listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let mut st = State {
+            next_txid: 0x1000,
+            ..Default::default()
+        };
+        for b in &options.buckets {
+            st.committed.buckets.insert(b.clone(), BTreeMap::new());
+        }
+        let state = Arc::new(Mutex::new(st));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, stop2, opts) = (state.clone(), stop.clone(), Arc::new(options));
+        std::thread::Builder::new()
+            .name("vast-sim".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop2.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (s3, o3) = (s2.clone(), opts.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("vast-sim-conn".into())
+                        .spawn(move || serve(conn, &s3, &o3));
+                }
+            })?;
+        Ok(Simulator { addr, state, stop })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Add a fault rule.
+    pub fn add_fault(&self, f: Fault) {
+        lock(&self.state).faults.push(f);
+    }
+
+    /// Remove every fault rule.
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
+    }
+
+    /// Committed rows of a table.
+    pub fn rows(&self, bucket: &str, schema: &str, table: &str) -> Vec<RecordBatch> {
+        let st = lock(&self.state);
+        st.committed
+            .buckets
+            .get(bucket)
+            .and_then(|b| b.get(schema))
+            .and_then(|s| s.get(table))
+            .map(|t| t.batches.clone())
+            .unwrap_or_default()
+    }
+
+    /// A committed table's columns and sorting key.
+    pub fn table(&self, bucket: &str, schema: &str, table: &str) -> Option<(Schema, Vec<usize>)> {
+        let st = lock(&self.state);
+        let t = st.committed.buckets.get(bucket)?.get(schema)?.get(table)?;
+        Some((Schema::new(t.schema.clone()), t.sorted.clone()))
+    }
+
+    /// Create a committed table directly (e.g. an older table that lacks columns).
+    pub fn create_table(&self, bucket: &str, schema: &str, table: &str, columns: Schema) {
+        let mut st = lock(&self.state);
+        st.committed
+            .buckets
+            .entry(bucket.into())
+            .or_default()
+            .entry(schema.into())
+            .or_default()
+            .insert(
+                table.into(),
+                TableState {
+                    schema: columns
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone())
+                        .collect(),
+                    ..Default::default()
+                },
+            );
+    }
+
+    /// Requests seen so far (`METHOD path?query -> status`).
+    pub fn log(&self) -> Vec<String> {
+        lock(&self.state).log.clone()
+    }
+
+    /// Transactions begun and not yet committed or rolled back.
+    pub fn open_transactions(&self) -> usize {
+        lock(&self.state).txns.len()
+    }
+
+    /// Transactions committed so far.
+    pub fn commits(&self) -> u64 {
+        lock(&self.state).commits
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn command(&self) -> &str {
+        self.query.split('&').next().unwrap_or("")
+    }
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    // Read at most a little past the limit; larger bodies are refused after reading.
+    let mut body = vec![0; len.min(MAX_REQUEST + 1024)];
+    r.read_exact(&mut body).ok()?;
+    if len > body.len() {
+        std::io::copy(
+            &mut r.by_ref().take((len - body.len()) as u64),
+            &mut std::io::sink(),
+        )
+        .ok()?;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target, String::new()),
+    };
+    Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    })
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn reply(status: u16) -> Reply {
+    Reply {
+        status,
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
+}
+
+fn error(status: u16, code: &str, message: &str) -> Reply {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    Reply {
+        status,
+        headers: Vec::new(),
+        body: body.into_bytes(),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+fn write_reply(w: &mut TcpStream, server: &str, r: &Reply) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nServer: {server}\r\nContent-Length: {}\r\n",
+        r.status,
+        reason(r.status),
+        r.body.len()
+    );
+    for (k, v) in &r.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())?;
+    w.write_all(&r.body)?;
+    w.flush()
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>, opts: &SimOptions) {
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    while let Some(req) = read_request(&mut reader) {
+        let fault = take_fault(state, &req);
+        if let Some(FaultKind::Latency(d)) = &fault {
+            std::thread::sleep(*d);
+        }
+        let answer = match &fault {
+            Some(FaultKind::Status(s, code)) => Some(error(*s, code, "injected fault")),
+            Some(FaultKind::DropBeforeApply) => None,
+            _ => Some(handle(&req, state, opts)),
+        };
+        let status = answer.as_ref().map_or(0, |a| a.status);
+        lock(state).log.push(format!(
+            "{} {}?{} -> {}",
+            req.method, req.path, req.query, status
+        ));
+        match (answer, &fault) {
+            (Some(_), Some(FaultKind::DropAfterApply)) | (None, _) => {
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            (Some(a), _) => {
+                if write_reply(&mut writer, &opts.server, &a).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn take_fault(state: &Mutex<State>, req: &Request) -> Option<FaultKind> {
+    let mut st = lock(state);
+    let now = Instant::now();
+    st.faults
+        .retain(|f| f.count != Some(0) && f.until.is_none_or(|u| now < u));
+    let f = st.faults.iter_mut().find(|f| {
+        f.method.as_deref().is_none_or(|m| m == req.method)
+            && f.command.as_deref().is_none_or(|c| c == req.command())
+    })?;
+    if let Some(c) = &mut f.count {
+        *c -= 1;
+    }
+    Some(f.kind.clone())
+}
+
+/// Check the SigV4 signature as the server would: known access key, the SDK's signed headers,
+/// the payload hash, the clock, and the signature itself.
+fn authenticate(req: &Request, opts: &SimOptions) -> Result<(), Reply> {
+    let deny = |code: &str, msg: &str| Err(error(403, code, msg));
+    let Some(auth) = req.header("authorization") else {
+        return deny("AccessDenied", "missing Authorization");
+    };
+    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 Credential=") else {
+        return deny("AccessDenied", "unsupported authorization scheme");
+    };
+    let access = rest.split('/').next().unwrap_or("");
+    if access != opts.credentials.access_key {
+        return deny("InvalidAccessKeyId", "unknown access key");
+    }
+    if !auth.contains("SignedHeaders=host;x-amz-date,") {
+        return deny("AccessDenied", "unexpected signed headers");
+    }
+    let Some(date) = req.header("x-amz-date") else {
+        return deny("AccessDenied", "missing x-amz-date");
+    };
+    let Some(time) = parse_amz_date(date) else {
+        return deny("AccessDenied", "bad x-amz-date");
+    };
+    let skew = SystemTime::now()
+        .duration_since(time)
+        .or_else(|e| Ok::<_, ()>(e.duration()))
+        .unwrap_or_default();
+    if skew > Duration::from_secs(15 * 60) {
+        return deny(
+            "RequestTimeTooSkewed",
+            "the request time is too far from the server time",
+        );
+    }
+    if let Some(h) = req.header("x-amz-content-sha256")
+        && h != sha256_hex(&req.body)
+    {
+        return Err(error(
+            400,
+            "XAmzContentSHA256Mismatch",
+            "payload hash mismatch",
+        ));
+    }
+    let host = req.header("host").unwrap_or("");
+    let pq = if req.query.is_empty() {
+        req.path.clone()
+    } else {
+        format!("{}?{}", req.path, req.query)
+    };
+    let expected = sign_request(&opts.credentials, &req.method, host, &pq, &req.body, time)
+        .map_err(|e| error(400, "AccessDenied", &e))?;
+    let given = auth.rsplit("Signature=").next().unwrap_or("");
+    if given != expected.signature {
+        return deny(
+            "SignatureDoesNotMatch",
+            "the request signature does not match",
+        );
+    }
+    Ok(())
+}
+
+fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
+    if let Err(r) = authenticate(req, opts) {
+        return r;
+    }
+    if req.body.len() > MAX_REQUEST {
+        return error(400, "RequestTooLarge", "request body over 5 MiB");
+    }
+    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut st = lock(state);
+    if req.method == "HEAD" && segs.len() == 1 {
+        return reply(if st.committed.buckets.contains_key(segs[0]) {
+            200
+        } else {
+            404
+        });
+    }
+    let cmd = req.command().to_string();
+    if cmd == "transaction" && segs.is_empty() {
+        return transaction(req, &mut st);
+    }
+    let Some(txid) = req
+        .header("tabular-txid")
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return error(400, "BadRequest", "missing tabular-txid");
+    };
+    if req.header("tabular-api-version-id") != Some("1") {
+        return error(400, "BadRequest", "missing tabular-api-version-id");
+    }
+    let Some(db) = st.txns.get_mut(&txid) else {
+        return error(400, "TabularInvalidTxid", "no such open transaction");
+    };
+    match (req.method.as_str(), cmd.as_str(), segs.as_slice()) {
+        ("GET", "schema", [bucket]) => {
+            let Some(b) = db.buckets.get(*bucket) else {
+                return error(404, "NoSuchBucket", "no such bucket");
+            };
+            let exact = req.header("tabular-name-exact-match");
+            let items: Vec<ObjectDetails> = b
+                .keys()
+                .filter(|n| exact.is_none_or(|e| e == n.as_str()))
+                .map(|n| ObjectDetails {
+                    name: n.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            listed(wire::list_schemas_response(bucket, &items))
+        }
+        ("POST", "schema", [bucket, schema]) => {
+            let Some(b) = db.buckets.get_mut(*bucket) else {
+                return error(404, "NoSuchBucket", "no such bucket");
+            };
+            if b.contains_key(*schema) {
+                return error(409, "Conflict", "schema exists");
+            }
+            if wire::Table::root(&req.body)
+                .and_then(|t| t.string(0))
+                .is_err()
+            {
+                return error(400, "BadRequest", "malformed CreateSchemaRequest");
+            }
+            b.insert(schema.to_string(), BTreeMap::new());
+            reply(200)
+        }
+        ("GET", "table", [bucket, schema]) => {
+            let Some(s) = db.buckets.get(*bucket).and_then(|b| b.get(*schema)) else {
+                return error(404, "NoSuchSchema", "no such schema");
+            };
+            let exact = req.header("tabular-name-exact-match");
+            let items: Vec<ObjectDetails> = s
+                .iter()
+                .filter(|(n, _)| exact.is_none_or(|e| e == n.as_str()))
+                .map(|(n, t)| ObjectDetails {
+                    name: n.clone(),
+                    handle: "1".into(),
+                    num_rows: t.batches.iter().map(|b| b.num_rows() as u64).sum(),
+                    ..Default::default()
+                })
+                .collect();
+            listed(wire::list_tables_response(bucket, schema, &items))
+        }
+        ("POST", "table", [bucket, schema, table]) => {
+            let Some(s) = db.buckets.get_mut(*bucket).and_then(|b| b.get_mut(*schema)) else {
+                return error(404, "NoSuchSchema", "no such schema");
+            };
+            if s.contains_key(*table) {
+                return error(409, "Conflict", "table exists");
+            }
+            let Ok(columns) = wire::read_schema(&req.body) else {
+                return error(400, "BadRequest", "malformed schema message");
+            };
+            let mut sorted = Vec::new();
+            for i in 0.. {
+                let Some(v) = req.header(&format!("tabular-sorted-column-{i}")) else {
+                    break;
+                };
+                match v.parse::<usize>() {
+                    Ok(c) if c < columns.fields().len() => sorted.push(c),
+                    _ => return error(500, "InternalError", "We encountered an internal error"),
+                }
+            }
+            s.insert(
+                table.to_string(),
+                TableState {
+                    schema: columns
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone())
+                        .collect(),
+                    sorted,
+                    ..Default::default()
+                },
+            );
+            reply(200)
+        }
+        ("GET", "column", [bucket, schema, table]) => {
+            let Some(t) = db
+                .buckets
+                .get(*bucket)
+                .and_then(|b| b.get(*schema))
+                .and_then(|s| s.get(*table))
+            else {
+                return error(404, "NoSuchTable", "no such table");
+            };
+            let batch = RecordBatch::new_empty(Arc::new(Schema::new(t.schema.clone())));
+            let mut r = reply(200);
+            r.body = wire::ipc_stream(&batch).unwrap_or_default();
+            r.headers
+                .push(("tabular-is-truncated".into(), "false".into()));
+            r.headers.push(("tabular-next-key".into(), "0".into()));
+            r
+        }
+        ("POST", "column", [bucket, schema, table]) => {
+            let Some(t) = db
+                .buckets
+                .get_mut(*bucket)
+                .and_then(|b| b.get_mut(*schema))
+                .and_then(|s| s.get_mut(*table))
+            else {
+                return error(404, "NoSuchTable", "no such table");
+            };
+            let Ok(columns) = wire::read_schema(&req.body) else {
+                return error(400, "BadRequest", "malformed schema message");
+            };
+            for f in columns.fields() {
+                if t.schema.iter().any(|c| c.name() == f.name()) {
+                    return error(409, "Conflict", "column exists");
+                }
+                // Existing rows read the new column as null.
+                t.schema.push(f.as_ref().clone().with_nullable(true));
+            }
+            reply(200)
+        }
+        ("POST", "rows", [bucket, schema, table]) => {
+            let Some(t) = db
+                .buckets
+                .get_mut(*bucket)
+                .and_then(|b| b.get_mut(*schema))
+                .and_then(|s| s.get_mut(*table))
+            else {
+                return error(404, "NoSuchTable", "no such table");
+            };
+            insert(t, &req.body)
+        }
+        _ => error(
+            400,
+            "BadRequest",
+            &format!(
+                "unsupported request {} {}?{}",
+                req.method, req.path, req.query
+            ),
+        ),
+    }
+}
+
+fn listed(body: Vec<u8>) -> Reply {
+    let mut r = reply(200);
+    r.body = body;
+    r.headers
+        .push(("tabular-is-truncated".into(), "false".into()));
+    r.headers.push(("tabular-next-key".into(), "0".into()));
+    r
+}
+
+fn insert(t: &mut TableState, body: &[u8]) -> Reply {
+    let Ok(batches) = wire::read_batches(body) else {
+        return error(400, "BadRequest", "malformed Arrow IPC stream");
+    };
+    if batches.len() != 1 {
+        return error(400, "BadRequest", "expected exactly one record batch");
+    }
+    let batch = &batches[0];
+    if batch.num_columns() == 0 {
+        return error(501, "NotImplemented", "a batch without columns");
+    }
+    for f in batch.schema().fields() {
+        match t.schema.iter().find(|c| c.name() == f.name()) {
+            None => {
+                return error(
+                    404,
+                    "TabularColumnNotFound",
+                    &format!("no column {}", f.name()),
+                );
+            }
+            Some(c) if c.data_type() != f.data_type() || c.is_nullable() != f.is_nullable() => {
+                return error(
+                    400,
+                    "TabularMismatchColumnType",
+                    &format!("column {} differs", f.name()),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    // Store rows in the table's full layout (missing columns null).
+    let full = Arc::new(Schema::new(t.schema.clone()));
+    let cols = full
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => arrow_array::new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    let stored = match RecordBatch::try_new(full, cols) {
+        Ok(b) => b,
+        Err(e) => return error(400, "BadRequest", &e.to_string()),
+    };
+    let first = t.next_row_id;
+    t.next_row_id += stored.num_rows() as u64;
+    t.batches.push(stored);
+    let ids = UInt64Array::from_iter_values(first..t.next_row_id);
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "$row_id",
+        DataType::UInt64,
+        false,
+    )]));
+    let mut r = reply(200);
+    r.body = RecordBatch::try_new(schema, vec![Arc::new(ids)])
+        .ok()
+        .and_then(|b| wire::ipc_stream(&b).ok())
+        .unwrap_or_default();
+    r
+}
+
+fn transaction(req: &Request, st: &mut State) -> Reply {
+    let txid = req
+        .header("tabular-txid")
+        .and_then(|v| v.parse::<u64>().ok());
+    match req.method.as_str() {
+        // The version probe.
+        "GET" => reply(200),
+        "POST" => {
+            st.next_txid += 1;
+            let id = st.next_txid;
+            let mut view = st.committed.clone();
+            for t in view
+                .buckets
+                .values_mut()
+                .flat_map(|b| b.values_mut())
+                .flat_map(|s| s.values_mut())
+            {
+                t.base = t.batches.len();
+            }
+            st.txns.insert(id, view);
+            let mut r = reply(200);
+            r.headers.push(("tabular-txid".into(), id.to_string()));
+            r
+        }
+        "PUT" => match txid.and_then(|id| st.txns.remove(&id).map(|v| (id, v))) {
+            Some((_, view)) => {
+                // The transaction's own changes (new objects, added columns, appended rows)
+                // are applied on top of what other transactions committed meanwhile.
+                if let Err(r) = merge(&mut st.committed, view) {
+                    return r;
+                }
+                st.commits += 1;
+                reply(200)
+            }
+            None => error(400, "TabularInvalidTxid", "no such open transaction"),
+        },
+        "DELETE" => match txid.and_then(|id| st.txns.remove(&id)) {
+            Some(_) => reply(200),
+            None => error(400, "TabularInvalidTxid", "no such open transaction"),
+        },
+        _ => error(405, "MethodNotAllowed", "method not allowed"),
+    }
+}
+
+/// Apply a committed transaction's view: new schemas/tables/columns, and appended rows.
+fn merge(committed: &mut Db, view: Db) -> Result<(), Reply> {
+    // DDL racing with another committed transaction: creating what now exists is a conflict.
+    for (b, schemas) in &view.buckets {
+        for (s, tables) in schemas {
+            for (name, t) in tables {
+                let exists = committed
+                    .buckets
+                    .get(b)
+                    .and_then(|x| x.get(s))
+                    .is_some_and(|x| x.contains_key(name));
+                if exists
+                    && t.base == 0
+                    && t.batches.is_empty()
+                    && t.next_row_id == 0
+                    && !t.schema.is_empty()
+                {
+                    let c = &committed.buckets[b][s][name];
+                    if c.schema != t.schema {
+                        return Err(error(
+                            409,
+                            "Conflict",
+                            "table created concurrently with another layout",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (b, schemas) in view.buckets {
+        let cb = committed.buckets.entry(b).or_default();
+        for (s, tables) in schemas {
+            let cs = cb.entry(s).or_default();
+            for (name, t) in tables {
+                match cs.get_mut(&name) {
+                    None => {
+                        cs.insert(name, t);
+                    }
+                    Some(c) => {
+                        if t.schema.len() > c.schema.len() {
+                            c.schema = t.schema;
+                        }
+                        // Rows appended in the transaction are the ones past its base.
+                        c.batches.extend(t.batches.into_iter().skip(t.base));
+                        c.next_row_id = c.next_row_id.max(t.next_row_id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
