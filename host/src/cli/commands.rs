@@ -41,6 +41,17 @@ pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Add the fix to an authentication failure (the credentials themselves are never shown).
+fn auth_hint(e: crate::vast::client::VastError) -> anyhow::Error {
+    if e.is_auth() {
+        anyhow::anyhow!(
+            "{e}: the credentials were refused; check VAST_ACCESS_KEY and VAST_SECRET_KEY"
+        )
+    } else {
+        e.into()
+    }
+}
+
 /// The VAST connection settings from `[sink]` and the environment.
 pub fn vast_config(
     config: &Config,
@@ -81,6 +92,7 @@ fn make_sink(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<Arc<
                 &schema,
                 config.runtime.lineage,
             )
+            .map_err(auth_hint)
             .with_context(|| format!("cannot use VAST at {}", cfg.endpoint))?;
             sink.bootstrap()
                 .with_context(|| format!("cannot prepare tables in {bucket}/{schema}"))?;
@@ -405,7 +417,9 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
                 &bucket,
                 &schema,
                 config.runtime.lineage,
-            ) {
+            )
+            .map_err(auth_hint)
+            {
                 Err(e) => {
                     ok = false;
                     println!("sink vast {}: ERROR {e}", cfg.endpoint);

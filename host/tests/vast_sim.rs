@@ -1,0 +1,319 @@
+//! The VAST client and sink against the simulator, over real HTTP on loopback.
+
+use arrow_array::{Array, RecordBatch, StringArray};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+use vast_processor::batch::{Lineage, Table, TableBatcher};
+use vast_processor::sink::vast::VastSink;
+use vast_processor::sink::{Sink, SinkError};
+use vast_processor::vast::client::{VastClient, VastConfig, VastError};
+use vast_processor::vast::sigv4::Credentials;
+use vast_processor::vast::sim::{Fault, FaultKind, SimOptions, Simulator};
+use vast_processor::wasm::{Event, Row};
+
+const SECRET: &str = "s3cr3t-value-never-logged";
+
+fn sim() -> Simulator {
+    Simulator::start(
+        "127.0.0.1:0",
+        SimOptions {
+            credentials: Credentials::new("AK", SECRET),
+            buckets: vec!["vastdb".into()],
+            server: "vast 5.3.0.1".into(),
+        },
+    )
+    .unwrap()
+}
+
+fn config(endpoint: &str, secret: &str) -> VastConfig {
+    VastConfig {
+        endpoint: endpoint.into(),
+        credentials: Credentials::new("AK", secret),
+        ca_file: None,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+fn events(ids: &[&str]) -> Vec<(Table, RecordBatch)> {
+    let mut b = TableBatcher::new(true);
+    for (i, id) in ids.iter().enumerate() {
+        b.push(
+            &Row::Event(Event {
+                timestamp: Some(1),
+                entity_id: "pg-1".into(),
+                event_type: "log".into(),
+                source: "postgresql".into(),
+                environment: "production".into(),
+                message: format!("m{i}"),
+                tags: vec![("log_level".into(), "info".into())],
+                attributes: "{}".into(),
+                trace_id: None,
+                id: Some(id.to_string()),
+                created_at: Some(2),
+            }),
+            &Lineage {
+                topic: "raw-logs",
+                partition: 0,
+                offset: i as i64,
+                version: "raw-logs@x",
+            },
+        );
+    }
+    b.finish()
+}
+
+fn ids(sim: &Simulator, table: &str) -> Vec<String> {
+    sim.rows("vastdb", "observability", table)
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column_by_name("id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            (0..a.len())
+                .map(move |i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn bootstrap_creates_schema_and_sorted_tables_and_rows_appear_only_at_commit() {
+    let sim = sim();
+    let sink = VastSink::connect(
+        &config(&sim.endpoint(), SECRET),
+        "vastdb",
+        "observability",
+        true,
+    )
+    .unwrap();
+    sink.bootstrap().unwrap();
+    let (events_schema, sorted) = sim.table("vastdb", "observability", "events").unwrap();
+    assert_eq!(events_schema, *Table::Events.schema(true));
+    assert_eq!(sorted, vec![1, 0, 2], "entity_id, timestamp, event_type");
+    assert_eq!(
+        sim.table("vastdb", "observability", "metrics").unwrap().1,
+        vec![0, 1, 2]
+    );
+
+    // Isolation: rows inserted in an open transaction are invisible until commit.
+    let client = VastClient::connect(&config(&sim.endpoint(), SECRET)).unwrap();
+    let tx = client.begin().unwrap();
+    let batch = &events(&["a", "b"])[0].1;
+    let layout = client
+        .list_columns(tx, "vastdb", "observability", "events")
+        .unwrap();
+    let batch = vast_processor::vast::client::conform(batch, &layout, "events").unwrap();
+    client
+        .insert(tx, "vastdb", "observability", "events", &batch)
+        .unwrap();
+    assert!(
+        ids(&sim, "events").is_empty(),
+        "uncommitted rows are visible"
+    );
+    client.commit(tx).unwrap();
+    assert_eq!(ids(&sim, "events"), ["a", "b"]);
+    // Rollback discards.
+    let tx = client.begin().unwrap();
+    client
+        .insert(tx, "vastdb", "observability", "events", &batch)
+        .unwrap();
+    client.rollback(tx).unwrap();
+    assert_eq!(ids(&sim, "events").len(), 2);
+    assert_eq!(sim.open_transactions(), 0);
+
+    // The sink: one transaction per flush.
+    sink.write(&events(&["c"])).unwrap();
+    assert_eq!(ids(&sim, "events"), ["a", "b", "c"]);
+}
+
+#[test]
+fn wrong_credentials_and_non_vast_servers_are_refused_at_connect() {
+    let sim = sim();
+    let err = VastClient::connect(&config(&sim.endpoint(), "wrong"))
+        .err()
+        .unwrap();
+    assert!(err.is_auth(), "{err}");
+    assert!(
+        !err.to_string().contains("wrong") && !err.to_string().contains(SECRET),
+        "{err}"
+    );
+    assert!(!format!("{:?}", config(&sim.endpoint(), SECRET)).contains(SECRET));
+
+    // A server that is not VAST.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nServer: nginx/1.25\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let err = VastClient::connect(&config(&format!("http://{addr}"), SECRET))
+        .err()
+        .unwrap();
+    assert!(matches!(err, VastError::NotVast { .. }), "{err}");
+    // Nothing listening: unreachable, retriable.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = VastClient::connect(&config(&format!("http://{dead}"), SECRET))
+        .err()
+        .unwrap();
+    assert!(matches!(err, VastError::Unreachable { .. }), "{err}");
+    assert!(err.is_retriable());
+    // A missing bucket is a clear, fatal error.
+    let err = VastSink::connect(
+        &config(&sim.endpoint(), SECRET),
+        "nope",
+        "observability",
+        true,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, VastError::MissingBucket(_)), "{err}");
+}
+
+#[test]
+fn slowdown_is_retried_in_place() {
+    let sim = sim();
+    let sink = VastSink::connect(
+        &config(&sim.endpoint(), SECRET),
+        "vastdb",
+        "observability",
+        true,
+    )
+    .unwrap();
+    sink.bootstrap().unwrap();
+    sim.add_fault(Fault {
+        method: Some("POST".into()),
+        command: Some("rows".into()),
+        kind: FaultKind::Status(503, "SlowDown".into()),
+        count: Some(2),
+        until: None,
+    });
+    sink.write(&events(&["x"])).unwrap();
+    assert_eq!(ids(&sim, "events"), ["x"]);
+    let inserts = sim
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("POST /vastdb/observability/events?rows"))
+        .count();
+    assert_eq!(inserts, 3);
+}
+
+#[test]
+fn a_dropped_connection_after_the_insert_applied_is_not_committed_twice() {
+    let sim = sim();
+    let sink = VastSink::connect(
+        &config(&sim.endpoint(), SECRET),
+        "vastdb",
+        "observability",
+        true,
+    )
+    .unwrap();
+    sink.bootstrap().unwrap();
+    sim.add_fault(Fault {
+        method: Some("POST".into()),
+        command: Some("rows".into()),
+        kind: FaultKind::DropAfterApply,
+        count: Some(1),
+        until: None,
+    });
+    let err = sink.write(&events(&["p", "q"])).unwrap_err();
+    assert!(err.is_retriable(), "{err}");
+    // The half-done transaction was rolled back: nothing visible, nothing left open.
+    assert!(ids(&sim, "events").is_empty());
+    assert_eq!(sim.open_transactions(), 0);
+    // The retry (what the worker does) lands the rows exactly once.
+    sink.write(&events(&["p", "q"])).unwrap();
+    assert_eq!(ids(&sim, "events"), ["p", "q"]);
+    // A drop before the request applies behaves the same.
+    sim.add_fault(Fault {
+        method: Some("PUT".into()),
+        command: Some("transaction".into()),
+        kind: FaultKind::DropBeforeApply,
+        count: Some(1),
+        until: None,
+    });
+    assert!(sink.write(&events(&["r"])).unwrap_err().is_retriable());
+    sink.write(&events(&["r"])).unwrap();
+    assert_eq!(ids(&sim, "events"), ["p", "q", "r"]);
+}
+
+#[test]
+fn a_table_missing_columns_gets_them_and_inserts_succeed() {
+    let sim = sim();
+    // An older table, created without the lineage columns (and with nullable columns, as
+    // pyarrow would).
+    let old = arrow_schema::Schema::new(
+        Table::Events
+            .schema(false)
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    );
+    sim.create_table("vastdb", "observability", "events", old);
+    let sink = VastSink::connect(
+        &config(&sim.endpoint(), SECRET),
+        "vastdb",
+        "observability",
+        true,
+    )
+    .unwrap();
+    let (exists, reports) = sink.inspect().unwrap();
+    assert!(exists);
+    assert_eq!(
+        reports[0].missing_columns,
+        [
+            "source_topic",
+            "source_partition",
+            "source_offset",
+            "transform_version"
+        ]
+    );
+    sink.write(&events(&["z"])).unwrap();
+    let (schema, _) = sim.table("vastdb", "observability", "events").unwrap();
+    assert!(schema.field_with_name("transform_version").is_ok());
+    assert_eq!(ids(&sim, "events"), ["z"]);
+}
+
+#[test]
+fn a_column_of_another_type_is_a_fatal_schema_mismatch() {
+    let sim = sim();
+    let mut fields: Vec<arrow_schema::Field> = Table::Events
+        .schema(true)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields[5] = arrow_schema::Field::new("message", arrow_schema::DataType::Int64, true);
+    sim.create_table(
+        "vastdb",
+        "observability",
+        "events",
+        arrow_schema::Schema::new(fields),
+    );
+    let sink = VastSink::connect(
+        &config(&sim.endpoint(), SECRET),
+        "vastdb",
+        "observability",
+        true,
+    )
+    .unwrap();
+    let err = sink.write(&events(&["z"])).unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Fatal { message, .. } if message.contains("column `message`")),
+        "{err}"
+    );
+    assert!(ids(&sim, "events").is_empty());
+}
