@@ -250,6 +250,18 @@ pub struct Processor {
 impl Processor {
     /// Start `bin run --config <dir>/pipelines.toml --data-dir <data>` plus `args`.
     pub fn start(bin: &str, dir: &Path, config: &str, data: &Path, args: &[&str]) -> Processor {
+        Processor::start_with_env(bin, dir, config, data, args, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(
+        bin: &str,
+        dir: &Path,
+        config: &str,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Processor {
         let cfg = dir.join("pipelines.toml");
         std::fs::write(&cfg, config).unwrap();
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
@@ -267,6 +279,7 @@ impl Processor {
             .env_remove("KAFKA_BOOTSTRAP_SERVERS")
             .env_remove("KAFKA_TOPICS")
             .env_remove("VAST_ENDPOINT")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)

@@ -494,8 +494,15 @@ pub enum DataCommand {
 /// Rows of `table` under `dir` as JSON objects (one per row).
 pub fn table_rows(dir: &std::path::Path, table: Table) -> anyhow::Result<Vec<serde_json::Value>> {
     let batches = read_table(dir, table).map_err(anyhow::Error::msg)?;
+    batches_to_json(&batches)
+}
+
+/// Record batches as JSON objects, one per row.
+pub fn batches_to_json(
+    batches: &[arrow_array::RecordBatch],
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
-    for b in &batches {
+    for b in batches {
         let mut buf = Vec::new();
         let mut w = arrow_json_writer(&mut buf);
         w.write(b)?;
