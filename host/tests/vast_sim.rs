@@ -317,3 +317,56 @@ fn a_column_of_another_type_is_a_fatal_schema_mismatch() {
     );
     assert!(ids(&sim, "events").is_empty());
 }
+
+#[test]
+fn check_reports_the_vast_state_and_column_differences() {
+    let sim = sim();
+    let old = arrow_schema::Schema::new(
+        Table::Events
+            .schema(false)
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    );
+    sim.create_table("vastdb", "observability", "events", old);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vast-processor"))
+        .args(["check", "--config", "pipelines.toml"])
+        .current_dir(root)
+        .env("VAST_ENDPOINT", sim.endpoint())
+        .env("VAST_ACCESS_KEY", "AK")
+        .env("VAST_SECRET_KEY", SECRET)
+        .env("VAST_BUCKET", "vastdb")
+        .env(
+            "VAST_PROCESSOR_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("check-cache"),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("VAST 5.3.0.1, bucket `vastdb` exists"),
+        "{text}"
+    );
+    assert!(text.contains("table events: exists"), "{text}");
+    assert!(text.contains("missing columns (will be added): source_topic, source_partition, source_offset, transform_version"), "{text}");
+    assert!(
+        text.contains("table metrics: missing (will be created)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pipeline otel-metrics: transform otel-metrics@"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET));
+    // `check` changes nothing.
+    assert!(sim.table("vastdb", "observability", "metrics").is_none());
+}
