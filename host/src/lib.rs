@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod deadletter;

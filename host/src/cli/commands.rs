@@ -362,6 +362,55 @@ pub fn vast_sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Topics to measure (default: all four bundled ones).
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Messages per measurement.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Workers for the multi-worker measurement (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// A Kafka broker for the end-to-end measurement (skipped without it).
+    #[arg(long)]
+    pub bootstrap: Option<String>,
+}
+
+/// `vast-processor bench`.
+pub fn bench(args: &BenchArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let engine = TransformEngine::new(cache)?;
+    let topics = if args.topics.is_empty() {
+        crate::config::BUNDLED
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.topics.clone()
+    };
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; figures are meaningless (use cargo run --release -- bench)"
+        );
+    }
+    let opts = crate::bench::BenchOptions {
+        topics,
+        messages: args.messages.max(1),
+        runs: args.runs.max(1),
+        workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        bootstrap: args.bootstrap.clone(),
+    };
+    crate::bench::run(&opts, &engine)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Arguments of `check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {

@@ -42,6 +42,8 @@ enum Command {
     Replay(commands::ReplayArgs),
     /// Produce realistic sample telemetry to a Kafka topic.
     Generate(commands::GenerateArgs),
+    /// Measure throughput (run from a release build): see BENCHMARKS.md.
+    Bench(commands::BenchArgs),
     /// Check the config, load every transform, and report the sink's state.
     Check(commands::CheckArgs),
     /// Run the VAST Database simulator (for tests and local runs).
@@ -93,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => commands::generate(a),
         Command::Data(d) => commands::data(d),
         Command::Check(a) => commands::check(a, cache),
+        Command::Bench(a) => commands::bench(a, cache),
         Command::VastSim(a) => commands::vast_sim(a),
         Command::Transform(TransformCommand::Test(args)) => (|| {
             let engine = crate::wasm::TransformEngine::new(cache)?;

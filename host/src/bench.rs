@@ -1,0 +1,401 @@
+//! `vast-processor bench`: throughput of the bundled transforms, from the sandbox alone to the
+//! full path through a broker. Prints a table (medians of several runs, with the spread) and
+//! the peak RSS. Run it from a release build.
+
+use crate::batch::Table;
+use crate::config::{BatchConfig, Config};
+use crate::deadletter::DeadLetterWriter;
+use crate::generate::{Rng, record};
+use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv};
+use crate::sink::{Sink, SinkError};
+use crate::wasm::{InstanceSettings, Message, MessageResult, TransformEngine, TransformInstance};
+use arrow_array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub topics: Vec<String>,
+    /// Messages per measurement.
+    pub messages: usize,
+    /// Repetitions (the median is reported).
+    pub runs: usize,
+    /// Workers for the multi-worker path.
+    pub workers: usize,
+    /// A broker for the end-to-end measurement (skipped when `None`).
+    pub bootstrap: Option<String>,
+}
+
+/// One measured scenario.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub topic: String,
+    pub scenario: String,
+    pub msgs_per_s: f64,
+    pub rows_per_s: f64,
+    pub mb_per_s: f64,
+    /// (max - min) / median of msgs/s over the runs, in percent.
+    pub spread_pct: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn summarize(
+    topic: &str,
+    scenario: String,
+    runs: Vec<(Duration, usize, usize, usize)>,
+) -> Measurement {
+    let mut msgs: Vec<f64> = runs
+        .iter()
+        .map(|(d, m, _, _)| *m as f64 / d.as_secs_f64())
+        .collect();
+    let mut rows: Vec<f64> = runs
+        .iter()
+        .map(|(d, _, r, _)| *r as f64 / d.as_secs_f64())
+        .collect();
+    let mut mb: Vec<f64> = runs
+        .iter()
+        .map(|(d, _, _, b)| *b as f64 / 1e6 / d.as_secs_f64())
+        .collect();
+    let (lo, hi) = msgs
+        .iter()
+        .fold((f64::MAX, 0f64), |(l, h), v| (l.min(*v), h.max(*v)));
+    let m = median(&mut msgs);
+    Measurement {
+        topic: topic.into(),
+        scenario,
+        msgs_per_s: m,
+        rows_per_s: median(&mut rows),
+        mb_per_s: median(&mut mb),
+        spread_pct: if m > 0.0 { (hi - lo) / m * 100.0 } else { 0.0 },
+    }
+}
+
+/// Generated messages for `topic` (partition 0, offsets from 0).
+pub fn messages(topic: &str, n: usize) -> Vec<Message> {
+    let mut rng = Rng::new(42);
+    (0..n)
+        .map(|i| {
+            let r =
+                record(topic, &mut rng, 1_760_457_600_000_000 + i as i64).expect("bundled topic");
+            Message {
+                topic: topic.into(),
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+                key: r.key,
+                headers: vec![],
+                payload: r.payload,
+            }
+        })
+        .collect()
+}
+
+fn count_rows(results: &[MessageResult]) -> usize {
+    results
+        .iter()
+        .map(|r| match r {
+            MessageResult::Rows(rows) => rows.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A sink that encodes Parquet (zstd) in memory: the CPU cost of the sink without disk I/O.
+pub struct EncodeOnlySink {
+    pub bytes: AtomicU64,
+}
+
+impl Sink for EncodeOnlySink {
+    fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        for (_, b) in batches {
+            let mut out = Vec::new();
+            let mut w =
+                ArrowWriter::try_new(&mut out, b.schema(), Some(props.clone())).map_err(|e| {
+                    SinkError::Fatal {
+                        sink: "bench",
+                        message: e.to_string(),
+                    }
+                })?;
+            w.write(b).map_err(|e| SinkError::Fatal {
+                sink: "bench",
+                message: e.to_string(),
+            })?;
+            w.close().map_err(|e| SinkError::Fatal {
+                sink: "bench",
+                message: e.to_string(),
+            })?;
+            self.bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        "encode-only"
+    }
+}
+
+/// Peak resident set size of this process, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn spec(engine: &TransformEngine, topic: &str) -> anyhow::Result<PipelineSpec> {
+    let module = engine.load(
+        topic,
+        crate::registry::bundled_bytes(topic)
+            .ok_or_else(|| anyhow::anyhow!("no bundled transform {topic}"))?,
+    )?;
+    Ok(PipelineSpec {
+        name: topic.into(),
+        topic: topic.into(),
+        module,
+        settings: InstanceSettings::default(),
+        dead_letter_topic: None,
+        batch: BatchConfig::default(),
+    })
+}
+
+/// The full in-process path for `msgs` on one worker: wasm, Arrow, Parquet encode.
+fn full_path(
+    spec: &PipelineSpec,
+    msgs: &[Message],
+    dir: &std::path::Path,
+) -> anyhow::Result<(Duration, usize)> {
+    let stats = Arc::new(RunStats::default());
+    let env = WorkerEnv {
+        sink: Arc::new(EncodeOnlySink {
+            bytes: AtomicU64::new(0),
+        }),
+        delivered: Arc::new(DeliveredOffsets::default()),
+        stats: stats.clone(),
+        abort: Arc::new(AtomicBool::new(false)),
+        lineage: true,
+        metrics: Arc::new(crate::metrics::Metrics::new([(
+            spec.name.as_str(),
+            spec.topic.as_str(),
+        )])),
+    };
+    let mut w = Worker::new(
+        0,
+        Arc::new(vec![spec.clone()]),
+        env,
+        DeadLetterWriter::new(None, dir.to_path_buf()),
+    );
+    let t = Instant::now();
+    for chunk in msgs.chunks(1024) {
+        w.handle(0, chunk)?;
+    }
+    w.flush_all(FlushReason::Shutdown)?;
+    let rows = RunStats::get(&stats.rows_events) + RunStats::get(&stats.rows_metrics);
+    Ok((t.elapsed(), rows as usize))
+}
+
+/// Run the benchmark and return the measurements (also printed as they complete).
+pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<Measurement>> {
+    let mut out = Vec::new();
+    let dir = tempfile_dir()?;
+    for topic in &opts.topics {
+        let msgs = messages(topic, opts.messages);
+        let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
+        let s = spec(engine, topic)?;
+        // (a) transform only, through wasm, by batch size.
+        for batch in [1usize, 100, 1000, 10_000] {
+            let n = if batch == 1 {
+                msgs.len().min(20_000)
+            } else {
+                msgs.len()
+            };
+            let part = &msgs[..n];
+            let part_bytes: usize = part.iter().map(|m| m.payload.len()).sum();
+            let mut inst = TransformInstance::new(s.module.clone(), InstanceSettings::default())?;
+            inst.process(&part[..batch.min(n)], 0);
+            let runs = (0..opts.runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    let rows: usize = part
+                        .chunks(batch)
+                        .map(|c| count_rows(&inst.process(c, 0)))
+                        .sum();
+                    (t.elapsed(), n, rows, part_bytes)
+                })
+                .collect();
+            out.push(report(summarize(
+                topic,
+                format!("a. wasm, batch {batch}"),
+                runs,
+            )));
+        }
+        // (b) the same logic compiled natively.
+        let f = vast_transform_sdk::transforms::by_name(topic)
+            .ok_or_else(|| anyhow::anyhow!("no native {topic}"))?;
+        let native: Vec<vast_transform_sdk::Message> = msgs
+            .iter()
+            .map(|m| vast_transform_sdk::message(topic, m.offset, m.payload.clone()))
+            .collect();
+        let runs = (0..opts.runs)
+            .map(|_| {
+                let t = Instant::now();
+                let mut stats = vast_transform_sdk::Stats::default();
+                let rows: usize = native
+                    .iter()
+                    .map(|m| match f(m, &mut stats) {
+                        vast_transform_sdk::Outcome::Rows(r) => r.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                (t.elapsed(), native.len(), rows, bytes)
+            })
+            .collect();
+        out.push(report(summarize(topic, "b. native".into(), runs)));
+        // (c) full in-process path, one worker.
+        let mut runs = Vec::new();
+        for _ in 0..opts.runs {
+            let (d, rows) = full_path(&s, &msgs, &dir)?;
+            runs.push((d, msgs.len(), rows, bytes));
+        }
+        out.push(report(summarize(
+            topic,
+            "c. full path, 1 worker".into(),
+            runs,
+        )));
+        // (d) the same on every worker, each with its own share.
+        let mut runs = Vec::new();
+        for _ in 0..opts.runs {
+            let t = Instant::now();
+            let rows: usize = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..opts.workers)
+                    .map(|_| sc.spawn(|| full_path(&s, &msgs, &dir).map(|(_, r)| r)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("bench worker panicked").unwrap_or(0))
+                    .sum()
+            });
+            runs.push((
+                t.elapsed(),
+                msgs.len() * opts.workers,
+                rows,
+                bytes * opts.workers,
+            ));
+        }
+        out.push(report(summarize(
+            topic,
+            format!("d. full path, {} workers", opts.workers),
+            runs,
+        )));
+    }
+    if let Some(addr) = &opts.bootstrap {
+        out.push(report(end_to_end(addr, engine, opts)?));
+    }
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    Ok(out)
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("vast-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn report(m: Measurement) -> Measurement {
+    println!(
+        "{:<14} {:<28} {:>12.0} msgs/s {:>12.0} rows/s {:>8.1} MB/s  (spread {:.0}%)",
+        m.topic, m.scenario, m.msgs_per_s, m.rows_per_s, m.mb_per_s, m.spread_pct
+    );
+    m
+}
+
+/// (e) raw-logs through the broker into Parquet with at-least-once commits: produce first,
+/// then time the consumer from its first record to the last flush.
+fn end_to_end(
+    addr: &str,
+    engine: &TransformEngine,
+    opts: &BenchOptions,
+) -> anyhow::Result<Measurement> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = format!("bench-raw-logs-{}", std::process::id());
+    let msgs = messages("raw-logs", opts.messages);
+    let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "20")
+        .create()?;
+    for m in &msgs {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(&topic).payload(&m.payload);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    p.poll(Duration::from_millis(5));
+                    rec = back;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    let dir = tempfile_dir()?;
+    let text = format!(
+        "[kafka]\nbootstrap_servers = \"{addr}\"\ngroup_id = \"{topic}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n[admin]\naddr = \"127.0.0.1:0\"\n[[pipelines]]\ntopic = \"{topic}\"\ntransform = \"raw-logs\"\n"
+    );
+    let config = Config::parse(&text, std::path::Path::new("bench.toml"), dir.clone())?;
+    let specs = crate::pipeline::load_pipelines(&config, engine)?;
+    let stats = Arc::new(RunStats::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
+    ));
+    let opts_run = crate::source::kafka::RunOptions {
+        stop_after_idle: Some(Duration::from_secs(2)),
+        shutdown: Arc::new(AtomicBool::new(false)),
+        data_dir: dir.join("data"),
+        metrics,
+    };
+    let sink = Arc::new(crate::sink::parquet::ParquetSink::new(dir.join("data")));
+    let st = stats.clone();
+    let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let f2 = first.clone();
+    let watcher = std::thread::spawn(move || {
+        while RunStats::get(&st.messages_in) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    });
+    crate::source::kafka::run(&config, specs, sink, stats.clone(), opts_run)?;
+    let _ = watcher.join();
+    // The idle wait at the end is not processing time.
+    let started = first
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(Instant::now);
+    let elapsed = started
+        .elapsed()
+        .saturating_sub(Duration::from_secs(2))
+        .max(Duration::from_millis(1));
+    let rows = (RunStats::get(&stats.rows_events) + RunStats::get(&stats.rows_metrics)) as usize;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(summarize(
+        "raw-logs",
+        "e. end to end (broker)".into(),
+        vec![(elapsed, msgs.len(), rows, bytes)],
+    ))
+}
