@@ -368,7 +368,17 @@ fn a_dotenv_file_in_the_working_directory_is_read() {
 
 #[test]
 fn bench_runs_every_scenario_and_prints_figures() {
-    let out = vp(&["bench", "--topic", "otel-metrics", "--messages", "50", "--runs", "1", "--workers", "2"]);
+    let out = vp(&[
+        "bench",
+        "--topic",
+        "otel-metrics",
+        "--messages",
+        "50",
+        "--runs",
+        "1",
+        "--workers",
+        "2",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = text(&out.stdout);
     for scenario in [
@@ -381,10 +391,16 @@ fn bench_runs_every_scenario_and_prints_figures() {
         "d. full path, 2 workers",
         "peak RSS:",
     ] {
-        assert!(report.contains(scenario), "missing {scenario:?} in\n{report}");
+        assert!(
+            report.contains(scenario),
+            "missing {scenario:?} in\n{report}"
+        );
     }
     // 5 points per otel-metrics record: rows/s is five times msgs/s on the native line.
     let native = report.lines().find(|l| l.contains("b. native")).unwrap();
-    let nums: Vec<f64> = native.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let nums: Vec<f64> = native
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     assert!((nums[1] / nums[0] - 5.0).abs() < 0.01, "{native}");
 }
