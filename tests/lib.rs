@@ -417,7 +417,9 @@ pub fn read_topic(
     out
 }
 
-/// The group's committed offsets for `topic`'s partitions (-1 when none).
+/// The group's committed offsets for `topic`'s partitions that have one (a partition that
+/// never received a record has no commit, and none is expected: compare with
+/// [`end_offsets`], which lists only partitions that were produced to).
 pub fn committed(addr: &str, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -432,12 +434,9 @@ pub fn committed(addr: &str, group: &str, topic: &str, partitions: i32) -> HashM
     let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     got.elements()
         .iter()
-        .map(|e| {
-            let off = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => -1,
-            };
-            (e.partition(), off)
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
         })
         .collect()
 }
