@@ -15,6 +15,9 @@ const GUESTS: &[(&str, bool)] = &[
     ("otel-metrics", true),
     ("team-enrich", false),
     ("hostile", false),
+    ("init-fails", false),
+    ("traps-always", false),
+    ("fails-half", false),
 ];
 
 fn main() {

@@ -24,6 +24,51 @@ pub struct AdminState {
     pub stats: Arc<RunStats>,
     pub sink: Arc<dyn Sink>,
     pub group: String,
+    /// The pipelines' live transforms (for /transforms and the reload counters).
+    pub live: Vec<Arc<crate::reload::LiveTransform>>,
+}
+
+fn transforms_json(state: &AdminState) -> String {
+    let list: Vec<serde_json::Value> = state
+        .live
+        .iter()
+        .map(|l| {
+            let cur = l.current();
+            serde_json::json!({
+                "pipeline": l.pipeline,
+                "running_version": cur.module.version(),
+                "generation": cur.generation,
+                "previous_version": l.previous().map(|p| p.module.version().to_string()),
+                "last_reload": l.last(),
+                "accepted": l.accepted.load(Ordering::Relaxed),
+                "rejected": l.rejected.load(Ordering::Relaxed),
+                "rolled_back": l.rolled_back.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
+}
+
+fn reload_metrics(state: &AdminState) -> String {
+    use std::fmt::Write;
+    let mut o = String::from(
+        "# HELP vast_reloads_total Hot-reload candidates, by result.\n# TYPE vast_reloads_total counter\n",
+    );
+    for l in &state.live {
+        for (result, c) in [
+            ("accepted", &l.accepted),
+            ("rejected", &l.rejected),
+            ("rolled_back", &l.rolled_back),
+        ] {
+            let _ = writeln!(
+                o,
+                "vast_reloads_total{{pipeline=\"{}\",result=\"{result}\"}} {}",
+                l.pipeline,
+                c.load(Ordering::Relaxed)
+            );
+        }
+    }
+    o
 }
 
 /// The answer to a request: status and body.
@@ -35,9 +80,10 @@ pub fn respond(state: &AdminState, method: &str, path: &str) -> (u16, String, &'
     match path.split('?').next().unwrap_or("") {
         "/metrics" => (
             200,
-            state.metrics.render(&state.stats),
+            state.metrics.render(&state.stats) + &reload_metrics(state),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
+        "/transforms" => (200, transforms_json(state), "application/json"),
         "/healthz" => (200, "ok\n".into(), TEXT),
         "/readyz" => {
             if !state.metrics.joined.load(Ordering::Relaxed) {
@@ -57,7 +103,7 @@ pub fn respond(state: &AdminState, method: &str, path: &str) -> (u16, String, &'
         }
         _ => (
             404,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /healthz, /readyz or /transforms\n".into(),
             TEXT,
         ),
     }

@@ -165,14 +165,15 @@ fn spec(engine: &TransformEngine, topic: &str) -> anyhow::Result<PipelineSpec> {
         crate::registry::bundled_bytes(topic)
             .ok_or_else(|| anyhow::anyhow!("no bundled transform {topic}"))?,
     )?;
-    Ok(PipelineSpec {
-        name: topic.into(),
-        topic: topic.into(),
+    Ok(PipelineSpec::new(
+        topic,
+        topic,
         module,
-        settings: InstanceSettings::default(),
-        dead_letter_topic: None,
-        batch: BatchConfig::default(),
-    })
+        InstanceSettings::default(),
+        None,
+        BatchConfig::default(),
+        Default::default(),
+    ))
 }
 
 /// The full in-process path for `msgs` on one worker: wasm, Arrow, Parquet encode.

@@ -27,6 +27,9 @@ pub struct Config {
     /// The admin HTTP server.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Hot reload of transforms.
+    #[serde(default)]
+    pub reload: crate::reload::ReloadConfig,
     /// One entry per input topic.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,

@@ -21,6 +21,7 @@ pub mod generate;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;
+pub mod reload;
 pub mod rows;
 pub mod sink;
 pub mod source;

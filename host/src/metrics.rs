@@ -103,6 +103,8 @@ pub struct PipelineMetrics {
     pub sink_retries: AtomicU64,
     pub sink_failures: AtomicU64,
     pub guest_counters: Mutex<BTreeMap<String, i64>>,
+    /// How long a worker paused to switch to a newly swapped version.
+    pub swap_pause_seconds: Histogram,
 }
 
 impl PipelineMetrics {
@@ -127,6 +129,7 @@ impl PipelineMetrics {
             sink_retries: z(),
             sink_failures: z(),
             guest_counters: Mutex::new(BTreeMap::new()),
+            swap_pause_seconds: Histogram::new(SECONDS),
         }
     }
 
@@ -315,7 +318,12 @@ impl Metrics {
             }
         }
         type Hist = fn(&PipelineMetrics) -> &Histogram;
-        let hists: [(&str, &str, Hist); 4] = [
+        let hists: [(&str, &str, Hist); 5] = [
+            (
+                "vast_reload_swap_pause_seconds",
+                "Pause of a worker switching to a hot-swapped version.",
+                |p| &p.swap_pause_seconds,
+            ),
             (
                 "vast_transform_batch_seconds",
                 "Wall time of one transform call.",

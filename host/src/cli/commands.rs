@@ -108,10 +108,26 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(|| config.base_dir.join(&config.sink.data_dir));
-    let engine = TransformEngine::new(cache)?;
+    let engine = Arc::new(TransformEngine::new(cache)?);
     let specs = pipeline::load_pipelines(&config, &engine)?;
     let sink = make_sink(&config, &data_dir)?;
     let shutdown = Arc::new(AtomicBool::new(false));
+    let live: Vec<_> = specs.iter().map(|s| s.live.clone()).collect();
+    let reload_stop = Arc::new(AtomicBool::new(false));
+    let watched: Vec<_> = specs
+        .iter()
+        .filter_map(|s| s.file.clone().map(|f| (s.live.clone(), f)))
+        .collect();
+    let watcher = (config.reload.enabled && !watched.is_empty()).then(|| {
+        crate::reload::watch(
+            crate::reload::Watched {
+                transforms: watched,
+            },
+            engine.clone(),
+            config.reload.clone(),
+            reload_stop.clone(),
+        )
+    });
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())
             .context("cannot install signal handlers")?;
@@ -131,6 +147,7 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             stats: stats.clone(),
             sink: sink.clone(),
             group: config.kafka.group_id.clone(),
+            live,
         },
     )
     .map_err(anyhow::Error::msg)?;
@@ -141,7 +158,12 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         metrics,
     };
     tracing::info!(sink = sink.name(), data_dir = %data_dir.display(), "starting");
-    kafka::run(&config, specs, sink, stats, opts)?;
+    let result = kafka::run(&config, specs, sink, stats, opts);
+    reload_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,6 +23,40 @@ pub struct PipelineSpec {
     pub settings: InstanceSettings,
     pub dead_letter_topic: Option<String>,
     pub batch: BatchConfig,
+    /// The running version (hot-swappable); `module`/`settings` are the startup version.
+    pub live: Arc<crate::reload::LiveTransform>,
+    /// The `.wasm` file the transform was loaded from (watched for hot reload), if any.
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl PipelineSpec {
+    /// A spec whose live version starts at `module`/`settings`.
+    pub fn new(
+        name: &str,
+        topic: &str,
+        module: Arc<TransformModule>,
+        settings: InstanceSettings,
+        dead_letter_topic: Option<String>,
+        batch: BatchConfig,
+        reload: crate::reload::ReloadConfig,
+    ) -> Self {
+        let live = Arc::new(crate::reload::LiveTransform::new(
+            name,
+            module.clone(),
+            settings.clone(),
+            reload,
+        ));
+        PipelineSpec {
+            name: name.into(),
+            topic: topic.into(),
+            module,
+            settings,
+            dead_letter_topic,
+            batch,
+            live,
+            file: None,
+        }
+    }
 }
 
 /// Load every pipeline of `config`: resolve and compile its transform, load its enrichment
@@ -37,14 +71,21 @@ pub fn load_pipelines(
         let settings = registry::instance_settings(p, &config.base_dir)?;
         crate::wasm::TransformInstance::new(module.clone(), settings.clone())?;
         tracing::info!(pipeline = p.name(), topic = %p.topic, transform = module.version(), "pipeline ready");
-        specs.push(PipelineSpec {
-            name: p.name().to_string(),
-            topic: p.topic.clone(),
+        let mut spec = PipelineSpec::new(
+            p.name(),
+            &p.topic,
             module,
             settings,
-            dead_letter_topic: p.dead_letter_topic.clone(),
-            batch: p.batch.clone(),
-        });
+            p.dead_letter_topic.clone(),
+            p.batch.clone(),
+            config.reload.clone(),
+        );
+        if let crate::config::TransformSource::File(f) =
+            crate::config::resolve_transform(&p.transform, &config.base_dir)?
+        {
+            spec.file = Some(f);
+        }
+        specs.push(spec);
     }
     Ok(specs)
 }

@@ -66,6 +66,8 @@ pub enum WorkItem {
 
 struct PipelineState {
     instance: Option<TransformInstance>,
+    /// Generation of the live version `instance` runs.
+    generation: u64,
     batcher: TableBatcher,
     letters: Vec<DeadLetter>,
     /// Highest processed (not yet delivered) offset per partition.
@@ -125,6 +127,7 @@ impl Worker {
             .iter()
             .map(|_| PipelineState {
                 instance: None,
+                generation: 0,
                 batcher: TableBatcher::new(lineage),
                 letters: Vec::new(),
                 processed: HashMap::new(),
@@ -152,10 +155,21 @@ impl Worker {
         }
         let spec = &self.specs[pipeline];
         let state = &mut self.states[pipeline];
-        if state.instance.is_none() {
-            let inst = TransformInstance::new(spec.module.clone(), spec.settings.clone())
+        // A hot swap takes effect here, at a batch boundary: the batch runs wholly on one version.
+        if state.instance.is_none() || state.generation != spec.live.generation() {
+            let v = spec.live.current();
+            let swap = state.instance.is_some();
+            let t = Instant::now();
+            let inst = TransformInstance::new(v.module.clone(), v.settings.clone())
                 .map_err(WorkerError::Transform)?;
             state.instance = Some(inst);
+            state.generation = v.generation;
+            if swap {
+                self.metrics.pipelines[pipeline]
+                    .swap_pause_seconds
+                    .observe(t.elapsed().as_secs_f64());
+                tracing::info!(worker = self.id, pipeline = %spec.name, version = v.module.version(), "worker switched transform version");
+            }
         }
         let instance = state.instance.as_mut().expect("just created");
         let pm = &self.metrics.pipelines[pipeline];
@@ -176,7 +190,11 @@ impl Worker {
         pm.memory_high_water
             .fetch_max(after.memory_high_water as u64, Ordering::Relaxed);
         pm.add_guest_counters(instance.take_counters());
-        let version = spec.module.version();
+        let module = instance.module().clone();
+        let version = module.version();
+        let generation = state.generation;
+        spec.live.observe(generation, &results);
+        spec.live.remember(msgs);
         let (mut events, mut metrics, mut skipped, mut dead) = (0u64, 0u64, 0u64, 0u64);
         for (m, r) in msgs.iter().zip(results) {
             match r {
@@ -200,7 +218,9 @@ impl Worker {
                     dead += 1;
                     pm.dead_letter("fail");
                     tracing::info!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered");
-                    state.letters.push(dead_letter(spec, m, error, "fail"));
+                    state
+                        .letters
+                        .push(dead_letter(spec, &module, m, error, "fail"));
                 }
                 MessageResult::Error(e) => {
                     dead += 1;
@@ -209,7 +229,7 @@ impl Worker {
                     tracing::warn!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %e, "record could not be transformed; dead-lettered");
                     state
                         .letters
-                        .push(dead_letter(spec, m, e.to_string(), class));
+                        .push(dead_letter(spec, &module, m, e.to_string(), class));
                 }
             }
             state.processed.insert(m.partition, m.offset);
@@ -398,7 +418,13 @@ impl Worker {
     }
 }
 
-fn dead_letter(spec: &PipelineSpec, m: &Message, error: String, class: &'static str) -> DeadLetter {
+fn dead_letter(
+    spec: &PipelineSpec,
+    module: &crate::wasm::TransformModule,
+    m: &Message,
+    error: String,
+    class: &'static str,
+) -> DeadLetter {
     DeadLetter {
         dlq_topic: spec.dead_letter_topic.clone(),
         key: m.key.clone(),
@@ -407,8 +433,8 @@ fn dead_letter(spec: &PipelineSpec, m: &Message, error: String, class: &'static 
         timestamp_ms: m.timestamp_ms,
         error,
         error_class: class,
-        transform: spec.module.name().to_string(),
-        version: spec.module.version().to_string(),
+        transform: module.name().to_string(),
+        version: module.version().to_string(),
         topic: m.topic.clone(),
         partition: m.partition,
         offset: m.offset,
