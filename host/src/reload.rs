@@ -422,6 +422,121 @@ impl Debouncer {
 pub struct Watched {
     /// A pipeline's `.wasm` file: (live transform, path).
     pub transforms: Vec<(Arc<LiveTransform>, PathBuf)>,
+    /// The config file and the config it was loaded as (with the environment applied).
+    pub config: Option<(PathBuf, crate::config::Config)>,
+    /// Every pipeline's live transform, by pipeline name.
+    pub pipelines: Vec<Arc<LiveTransform>>,
+}
+
+/// The enrichment files of `config`'s pipelines: (pipeline name, path).
+pub fn enrichment_files(config: &crate::config::Config) -> Vec<(String, PathBuf)> {
+    config
+        .pipelines
+        .iter()
+        .flat_map(|p| {
+            p.enrichment
+                .values()
+                .map(move |t| (p.name().to_string(), config.base_dir.join(&t.path)))
+        })
+        .collect()
+}
+
+/// Apply a changed config file: pipeline-level changes (transform, its config, limits,
+/// enrichment tables) are validated and swapped like a new module; anything else needs a
+/// restart and is refused (the running config stays). Returns what was done, for the log.
+pub fn apply_config_change(
+    current: &mut crate::config::Config,
+    path: &Path,
+    engine: &TransformEngine,
+    lives: &[Arc<LiveTransform>],
+) -> Result<Vec<String>, String> {
+    let mut new =
+        crate::config::Config::load(path).map_err(|e| format!("config change rejected: {e}"))?;
+    new.apply_env(std::env::vars())
+        .map_err(|e| format!("config change rejected: {e}"))?;
+    new.validate_runtime()
+        .map_err(|e| format!("config change rejected: {e}"))?;
+    let mut restart = Vec::new();
+    if new.kafka != current.kafka {
+        restart.push("[kafka]");
+    }
+    if new.sink != current.sink {
+        restart.push("[sink]");
+    }
+    if new.runtime != current.runtime {
+        restart.push("[runtime]");
+    }
+    if new.admin != current.admin {
+        restart.push("[admin]");
+    }
+    if new.reload != current.reload {
+        restart.push("[reload]");
+    }
+    let key = |c: &crate::config::Config| {
+        c.pipelines
+            .iter()
+            .map(|p| {
+                (
+                    p.name().to_string(),
+                    p.topic.clone(),
+                    p.dead_letter_topic.clone(),
+                    p.batch.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if key(&new) != key(current) {
+        restart.push("the set of pipelines, their topics, dead-letter topics or batch limits");
+    }
+    if !restart.is_empty() {
+        return Err(format!(
+            "config change needs a restart ({} changed); refused, the running config stays",
+            restart.join(", ")
+        ));
+    }
+    let mut done = Vec::new();
+    // A refused pipeline keeps its running entry, so the next edit is compared with what runs.
+    let mut next = new.clone();
+    for (i, p) in new.pipelines.iter().enumerate() {
+        let old = current.pipelines.iter().find(|o| o.name() == p.name());
+        let Some(live) = lives.iter().find(|l| l.pipeline == p.name()) else {
+            continue;
+        };
+        let same = old.is_some_and(|o| {
+            o.transform == p.transform
+                && o.config == p.config
+                && o.limits == p.limits
+                && o.enrichment == p.enrichment
+        });
+        if same {
+            continue;
+        }
+        match swap_pipeline(live, p, &new, engine) {
+            Ok(()) => done.push(format!("{}: {}", p.name(), live.last().detail)),
+            Err(e) => {
+                done.push(format!("{}: rejected: {}", p.name(), e.0));
+                if let Some(o) = old {
+                    next.pipelines[i] = o.clone();
+                }
+            }
+        }
+    }
+    *current = next;
+    Ok(done)
+}
+
+/// Build `p`'s module and settings from `config` and offer them to `live`.
+pub fn swap_pipeline(
+    live: &LiveTransform,
+    p: &crate::config::PipelineConfig,
+    config: &crate::config::Config,
+    engine: &TransformEngine,
+) -> Result<(), Rejected> {
+    let settings = crate::registry::instance_settings(p, &config.base_dir)
+        .map_err(|e| live.reject(e.to_string()))?;
+    let module = crate::registry::load_transform(engine, &p.transform, &config.base_dir)
+        .map_err(|e| live.reject(e.to_string()))?;
+    live.try_swap(module, settings)
 }
 
 /// Watch the transform files and swap in changed ones; runs until `stop` is set.
@@ -469,11 +584,19 @@ pub fn watch(
                     }
                 }
             };
+            let mut current_config = watched.config.as_ref().map(|(_, c)| c.clone());
+            let config_path = watched.config.as_ref().map(|(p, _)| p.clone());
             // Watch directories, not files: editors and deploy tools replace files by rename.
-            let mut dirs: Vec<PathBuf> = watched
-                .transforms
+            let mut files: Vec<PathBuf> = watched.transforms.iter().map(|(_, p)| p.clone()).collect();
+            files.extend(config_path.clone());
+            if let Some(c) = &current_config {
+                files.extend(enrichment_files(c).into_iter().map(|(_, f)| f));
+            }
+            let mut dirs: Vec<PathBuf> = files
                 .iter()
-                .filter_map(|(_, p)| p.parent().map(Path::to_path_buf))
+                .filter_map(|p| {
+                    p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() })
+                })
                 .collect();
             dirs.sort();
             dirs.dedup();
@@ -482,10 +605,7 @@ pub fn watch(
                     tracing::error!(dir = %d.display(), error = %e, "cannot watch directory");
                 }
             }
-            tracing::info!(
-                files = watched.transforms.len(),
-                "watching transform files for hot reload"
-            );
+            tracing::info!(files = files.len(), "watching transforms, enrichment tables and the config for hot reload");
             let mut debounce = Debouncer::new(Duration::from_millis(config.debounce_ms));
             while !stop.load(Ordering::Relaxed) {
                 let wait = debounce
@@ -504,6 +624,31 @@ pub fn watch(
                     for (live, file) in &watched.transforms {
                         if same_file(&path, file) {
                             reload_file(live, file, &engine);
+                        }
+                    }
+                    if let (Some(cp), Some(cfg)) = (&config_path, current_config.as_mut()) {
+                        if same_file(&path, cp) {
+                            match apply_config_change(cfg, cp, &engine, &watched.pipelines) {
+                                Ok(done) if done.is_empty() => tracing::info!("config file changed; nothing to apply"),
+                                Ok(done) => tracing::info!(changes = ?done, "config change applied"),
+                                Err(e) => tracing::warn!("{e}"),
+                            }
+                        }
+                        for (pipeline, file) in enrichment_files(cfg) {
+                            if !same_file(&path, &file) {
+                                continue;
+                            }
+                            let (Some(p), Some(live)) = (
+                                cfg.pipelines.iter().find(|p| p.name() == pipeline),
+                                watched.pipelines.iter().find(|l| l.pipeline == pipeline),
+                            ) else {
+                                continue;
+                            };
+                            if file.exists() {
+                                let _ = swap_pipeline(live, p, cfg, &engine);
+                            } else {
+                                tracing::warn!(pipeline = %pipeline, file = %file.display(), "enrichment table deleted; the running version keeps going");
+                            }
                         }
                     }
                 }

@@ -98,3 +98,83 @@ fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
     );
     assert_eq!(live.current().module.version(), team.version());
 }
+
+fn team_tag(live: &LiveTransform) -> Option<String> {
+    let v = live.current();
+    let mut inst = TransformInstance::new(v.module.clone(), v.settings.clone()).unwrap();
+    let out = inst.process(&msgs(0, 1), 0);
+    let vast_processor::wasm::MessageResult::Rows(rows) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let vast_processor::wasm::Row::Event(e) = &rows[0] else {
+        panic!()
+    };
+    e.tags
+        .iter()
+        .find(|(k, _)| k == "team")
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(vast_guest_artifacts::TEAM_ENRICH_PATH, d.join("team.wasm")).unwrap();
+    std::fs::write(d.join("teams.csv"), "entity_id,team\npg-1,dba\n").unwrap();
+    std::fs::write(d.join("teams2.csv"), "entity_id,team\npg-1,platform\n").unwrap();
+    let base = "[[pipelines]]\ntopic = \"raw-logs\"\ntransform = \"team.wasm\"\nconfig = { table = \"teams\" }\n[pipelines.enrichment.teams]\npath = \"teams.csv\"\n";
+    let cfg_path = d.join("pipelines.toml");
+    std::fs::write(&cfg_path, base).unwrap();
+    let engine = TransformEngine::new(None).unwrap();
+    let mut config = vast_processor::config::Config::load(&cfg_path).unwrap();
+    let specs = vast_processor::pipeline::load_pipelines(&config, &engine).unwrap();
+    let live = specs[0].live.clone();
+    let lives = vec![live.clone()];
+    assert_eq!(team_tag(&live).as_deref(), Some("dba"));
+
+    // An enrichment table edited in place: reloaded and swapped.
+    std::fs::write(d.join("teams.csv"), "entity_id,team\npg-1,storage\n").unwrap();
+    vast_processor::reload::swap_pipeline(&live, &config.pipelines[0], &config, &engine).unwrap();
+    assert_eq!(team_tag(&live).as_deref(), Some("storage"));
+    let generation = live.generation();
+
+    // A new transform config and table: validated (init), then swapped.
+    let changed = base.replace("table = \"teams\"", "table = \"teams2\"")
+        + "[pipelines.enrichment.teams2]\npath = \"teams2.csv\"\n";
+    std::fs::write(&cfg_path, &changed).unwrap();
+    let done = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
+        .unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(team_tag(&live).as_deref(), Some("platform"));
+    assert!(live.generation() > generation);
+
+    // A config key the transform refuses: rejected, the running version stays.
+    let bad = changed.replace("table = \"teams2\"", "table = \"teams2\", colour = \"red\"");
+    std::fs::write(&cfg_path, &bad).unwrap();
+    let done = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
+        .unwrap();
+    assert!(
+        done[0].contains("rejected") && done[0].contains("colour"),
+        "{done:?}"
+    );
+    assert_eq!(team_tag(&live).as_deref(), Some("platform"));
+
+    // Changes that need a restart are refused with the reason.
+    std::fs::write(
+        &cfg_path,
+        format!("[kafka]\nbootstrap_servers = \"elsewhere:9092\"\n{changed}"),
+    )
+    .unwrap();
+    let err = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
+        .unwrap_err();
+    assert!(err.contains("needs a restart ([kafka] changed)"), "{err}");
+    // An invalid file is refused too.
+    std::fs::write(&cfg_path, format!("{changed}\nbogus = 1\n")).unwrap();
+    let err = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
+        .unwrap_err();
+    assert!(
+        err.contains("config change rejected") && err.contains("bogus"),
+        "{err}"
+    );
+    assert_eq!(team_tag(&live).as_deref(), Some("platform"));
+}

@@ -118,10 +118,12 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .iter()
         .filter_map(|s| s.file.clone().map(|f| (s.live.clone(), f)))
         .collect();
-    let watcher = (config.reload.enabled && !watched.is_empty()).then(|| {
+    let watcher = config.reload.enabled.then(|| {
         crate::reload::watch(
             crate::reload::Watched {
                 transforms: watched,
+                config: Some((args.config.clone(), config.clone())),
+                pipelines: live.clone(),
             },
             engine.clone(),
             config.reload.clone(),
