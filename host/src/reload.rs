@@ -562,26 +562,29 @@ pub fn watch(
                 }
             };
             use notify::Watcher;
-            let mut watcher: Box<dyn Watcher> = if config.poll {
-                match notify::PollWatcher::new(
-                    handler,
-                    notify::Config::default()
-                        .with_poll_interval(Duration::from_millis(250))
-                        .with_compare_contents(true),
-                ) {
-                    Ok(w) => Box::new(w),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot watch files; hot reload is off");
-                        return;
-                    }
-                }
+            let poll = |handler| -> notify::Result<Box<dyn Watcher>> {
+                let cfg = notify::Config::default()
+                    .with_poll_interval(Duration::from_millis(250))
+                    .with_compare_contents(true);
+                Ok(Box::new(notify::PollWatcher::new(handler, cfg)?))
+            };
+            let watcher: notify::Result<Box<dyn Watcher>> = if config.poll {
+                poll(handler)
             } else {
-                match notify::recommended_watcher(handler) {
-                    Ok(w) => Box::new(w),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot watch files; hot reload is off");
-                        return;
-                    }
+                // Filesystems without change events (some network mounts) fall back to polling.
+                let h2 = handler.clone();
+                notify::recommended_watcher(handler)
+                    .map(|w| Box::new(w) as Box<dyn Watcher>)
+                    .or_else(|e| {
+                        tracing::warn!(error = %e, "no filesystem events here; polling for changes instead");
+                        poll(h2)
+                    })
+            };
+            let mut watcher = match watcher {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch files; hot reload is off");
+                    return;
                 }
             };
             let mut current_config = watched.config.as_ref().map(|(_, c)| c.clone());
