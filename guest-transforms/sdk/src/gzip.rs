@@ -4,8 +4,8 @@ use std::borrow::Cow;
 use std::io::Read;
 
 /// Decompressed payloads larger than this are refused, so a gzip bomb cannot exhaust the
-/// instance's memory (the host's memory cap would trap the whole batch instead).
-pub const MAX_DECOMPRESSED: usize = 32 * 1024 * 1024;
+/// instance's memory (64 MiB by default; the buffer may grow to twice this while reading).
+pub const MAX_DECOMPRESSED: usize = 16 * 1024 * 1024;
 
 /// True when `bytes` start with the gzip magic number `1f 8b`.
 pub fn is_gzip(bytes: &[u8]) -> bool {
@@ -18,17 +18,23 @@ pub fn maybe_gunzip(bytes: &[u8]) -> Result<Cow<'_, [u8]>, String> {
         return Ok(Cow::Borrowed(bytes));
     }
     let mut out = Vec::with_capacity(bytes.len() * 4);
-    let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(MAX_DECOMPRESSED as u64 + 1);
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| format!("invalid gzip data: {e}"))?;
-    if out.len() > MAX_DECOMPRESSED {
-        return Err(format!(
-            "gzip payload decompresses to more than {} MiB; refused",
-            MAX_DECOMPRESSED / (1024 * 1024)
-        ));
+    let mut reader = flate2::read::MultiGzDecoder::new(bytes);
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let n = reader
+            .read(&mut chunk)
+            .map_err(|e| format!("invalid gzip data: {e}"))?;
+        if n == 0 {
+            return Ok(Cow::Owned(out));
+        }
+        if out.len() + n > MAX_DECOMPRESSED {
+            return Err(format!(
+                "gzip payload decompresses to more than {} MiB; refused",
+                MAX_DECOMPRESSED / (1024 * 1024)
+            ));
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
-    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]

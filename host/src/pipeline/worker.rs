@@ -153,6 +153,20 @@ impl Worker {
         if msgs.is_empty() {
             return Ok(());
         }
+        // A `process` call copies its whole batch into the guest: keep each call to a quarter
+        // of the instance's memory cap, so big records do not trap the batch they share.
+        let budget = (self.specs[pipeline].settings.limits.memory_bytes() / 4).max(1 << 20);
+        if msgs.len() > 1 && msgs.iter().map(|m| m.payload.len()).sum::<usize>() > budget {
+            let (mut start, mut acc) = (0, 0);
+            for (i, m) in msgs.iter().enumerate() {
+                if i > start && acc + m.payload.len() > budget {
+                    self.handle(pipeline, &msgs[start..i])?;
+                    (start, acc) = (i, 0);
+                }
+                acc += m.payload.len();
+            }
+            return self.handle(pipeline, &msgs[start..]);
+        }
         let spec = &self.specs[pipeline];
         let state = &mut self.states[pipeline];
         // A hot swap takes effect here, at a batch boundary: the batch runs wholly on one version.
