@@ -569,6 +569,15 @@ mod tests {
         assert!(err.contains("pipelines[0].dead_letter_topic"), "{err}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+        /// Fuzzing the config parser: any text gives a config or an error, never a panic.
+        #[test]
+        fn the_parser_never_panics(text in "(\\[\\[?[a-z.]{0,12}\\]\\]?|[a-z_]{1,12} = (\"[a-z0-9./-]{0,10}\"|[0-9]{1,6}|true|\\{ [a-z]+ = \"x\" \\})|\n|\\PC){0,30}") {
+            let _ = parse(&text);
+        }
+    }
+
     #[test]
     fn paths_resolve_against_the_config_dir() {
         assert_eq!(

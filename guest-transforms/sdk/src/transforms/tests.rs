@@ -261,3 +261,52 @@ fn by_name_knows_the_bundled_set() {
     }
     assert!(by_name("nope").is_none());
 }
+
+/// Fuzzing (a short proptest run in every `cargo test`; failures are kept in
+/// `proptest-regressions/` and replayed first): the decoders never panic on any input.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_like() -> impl Strategy<Value = Vec<u8>> {
+        // Mostly JSON-shaped bytes, so the parsers get past the first character.
+        prop_oneof![
+            any::<Vec<u8>>(),
+            "[{}\\[\\]\":,a-z0-9 .eE+-]{0,200}".prop_map(String::into_bytes),
+            "\\{\"(host|payload|tags|timestamp|resourceLogs|query)\": [\\[\\]{}\":,a-z0-9 .-]{0,120}\\}".prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn json_transforms_never_panic(bytes in json_like()) {
+            for f in [raw_logs, raw_queries, raw_host_logs] {
+                let _ = run(f, &bytes);
+            }
+        }
+
+        #[test]
+        fn otel_metrics_never_panics(bytes in any::<Vec<u8>>(), gz in any::<bool>()) {
+            let payload = if gz {
+                use std::io::Write;
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&bytes).unwrap();
+                e.finish().unwrap()
+            } else {
+                bytes
+            };
+            let _ = run(otel_metrics, &payload);
+        }
+
+        #[test]
+        fn timestamps_never_panic_and_round_trip(s in "\\PC{0,40}", y in 1970i64..2100, mo in 1u32..13, d in 1u32..29, h in 0u32..24, mi in 0u32..60, se in 0u32..60) {
+            let _ = crate::time::parse_iso8601_micros(&s);
+            let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}Z");
+            let with_offset = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}+00:00");
+            prop_assert_eq!(crate::time::parse_iso8601_micros(&text), crate::time::parse_iso8601_micros(&with_offset));
+            prop_assert!(crate::time::parse_iso8601_micros(&text).is_some());
+        }
+    }
+}
