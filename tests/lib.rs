@@ -65,7 +65,26 @@ pub struct Broker {
 impl Broker {
     /// Start a broker and wait until it accepts connections.
     pub fn start() -> Broker {
-        let port = free_port();
+        Broker::start_on(free_port())
+    }
+
+    /// Stop the broker (losing its in-memory log), wait a little, and start it again on the
+    /// same address.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let fresh = Broker::start_on(self.port);
+        self.child = fresh.spawned();
+    }
+
+    fn spawned(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    fn start_on(port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(scratch().join(format!("tansu-{port}.log"))).unwrap();
         let child = Command::new(tansu_bin())
@@ -289,6 +308,13 @@ impl Processor {
             child: Some(child),
             log,
         }
+    }
+
+    /// Whether the process is still running.
+    pub fn still_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// The process id.

@@ -1,0 +1,137 @@
+//! Sink and broker faults end to end: a Parquet directory that becomes unwritable mid-run
+//! (clear error, no commit past what landed, recovery when fixed), and a broker that goes away
+//! and comes back (the processor reconnects by itself).
+
+use std::collections::HashSet;
+use std::time::Duration;
+use vast_processor::batch::Table;
+use vast_processor_tests::*;
+
+const VP: &str = env!("CARGO_BIN_EXE_vp-test");
+
+fn landed(data: &std::path::Path) -> HashSet<(i64, i64)> {
+    rows(data, Table::Events)
+        .iter()
+        .map(|r| {
+            (
+                r["source_partition"].as_i64().unwrap(),
+                r["source_offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 2);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = test_config(&broker, "e2e-disk", &["raw-logs"], "")
+        .replace("max_rows = 5000", "max_rows = 100");
+    let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
+    wait_until(Duration::from_secs(60), "group join", || {
+        p.log_text().contains("partitions assigned")
+    });
+    let mut produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 300, 0, 31));
+    wait_until(Duration::from_secs(60), "first records", || {
+        landed(&data).len() == 300
+    });
+
+    // The data directory becomes a file: every write fails.
+    let moved = dir.path().join("data.moved");
+    std::fs::rename(&data, &moved).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    produced.extend(produce(
+        &broker.addr,
+        "raw-logs",
+        &generated("raw-logs", 300, 0, 32),
+    ));
+    wait_until(
+        Duration::from_secs(30),
+        "the failure to be reported",
+        || {
+            p.log_text().contains("the sink failed; retrying")
+                || p.log_text().contains("will retry")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let before = landed(&moved);
+    for (part, next) in committed(&broker.addr, "e2e-disk", "raw-logs", 2) {
+        for off in 0..next {
+            assert!(
+                before.contains(&(part as i64, off)),
+                "offset {part}/{off} committed while the disk was failing"
+            );
+        }
+    }
+    assert_eq!(
+        before.len(),
+        300,
+        "nothing new can land while the directory is broken"
+    );
+
+    // Fixed: everything lands, once.
+    std::fs::remove_file(&data).unwrap();
+    std::fs::rename(&moved, &data).unwrap();
+    wait_until(Duration::from_secs(60), "recovery", || {
+        landed(&data).len() == produced.len()
+    });
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    let all = rows(&data, Table::Events);
+    let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), produced.len());
+    assert_eq!(
+        committed(&broker.addr, "e2e-disk", "raw-logs", 2),
+        end_offsets(&produced)
+    );
+    assert!(
+        p.log_text().contains("cannot create"),
+        "the error names the failing path"
+    );
+}
+
+#[test]
+fn the_processor_reconnects_after_the_broker_restarts() {
+    let mut broker = Broker::start();
+    broker.create_topic("raw-logs", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = test_config(&broker, "e2e-restart", &["raw-logs"], "")
+        .replace("dead_letter_topic = \"raw-logs-dlq\"\n", "");
+    let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
+    wait_until(Duration::from_secs(60), "group join", || {
+        p.log_text().contains("partitions assigned")
+    });
+    produce(&broker.addr, "raw-logs", &generated("raw-logs", 100, 0, 41));
+    wait_until(Duration::from_secs(60), "first records", || {
+        rows(&data, Table::Events).len() == 100
+    });
+
+    // The broker goes away (its in-memory log with it) and comes back on the same address.
+    broker.restart();
+    assert!(
+        p.still_running(),
+        "the processor exited when the broker went away:\n{}",
+        p.log_text()
+    );
+    broker.create_topic("raw-logs", 1);
+    produce(&broker.addr, "raw-logs", &generated("raw-logs", 100, 0, 42));
+    wait_until(
+        Duration::from_secs(120),
+        "records after the restart",
+        || rows(&data, Table::Events).len() == 200,
+    );
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+}
