@@ -339,3 +339,16 @@ fn compiled_components_are_cached_on_disk() {
     let mut inst = TransformInstance::new(third, InstanceSettings::default()).unwrap();
     assert_recovers(&mut inst);
 }
+
+#[test]
+fn sleeping_traps_at_once_instead_of_holding_the_worker() {
+    // A WASI sleep blocks in a host call the epoch deadline cannot interrupt; it is refused.
+    let mut inst = instance(fast_limits());
+    let out = inst.process(&msgs(&["sleep"]), 0);
+    let MessageResult::Error(TransformError::Trap { reason, .. }) = &out[0] else {
+        panic!("{out:?}")
+    };
+    // The trap comes from the timer subscription itself, before any waiting.
+    assert!(reason.contains("cannot sleep"), "{reason}");
+    assert_recovers(&mut inst);
+}

@@ -116,6 +116,7 @@ impl TransformEngine {
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| TransformError::Engine(format!("{e:#}")))?;
+        deny_timers(&mut linker).map_err(|e| TransformError::Engine(format!("{e:#}")))?;
         bindings::Transform::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| TransformError::Engine(format!("{e:#}")))?;
         let weak = engine.weak();
@@ -182,6 +183,38 @@ impl TransformEngine {
             engine: self.engine.clone(),
         }))
     }
+}
+
+/// Sleeping (a WASI timer subscription) would block in a host call, where the epoch deadline
+/// cannot interrupt it: a guest could hold a worker for as long as it likes. Transforms have
+/// no reason to wait, so timer subscriptions trap with a clear message instead.
+fn deny_timers(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    linker.allow_shadowing(true);
+    let mut clocks = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clocks.func_wrap(
+        "subscribe-duration",
+        |_: wasmtime::StoreContextMut<'_, StoreState>,
+         (_,): (u64,)|
+         -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(wasmtime::Error::msg(
+                "transforms cannot sleep or wait on timers (wasi:clocks subscribe-duration)",
+            ))
+        },
+    )?;
+    clocks.func_wrap(
+        "subscribe-instant",
+        |_: wasmtime::StoreContextMut<'_, StoreState>,
+         (_,): (u64,)|
+         -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(wasmtime::Error::msg(
+                "transforms cannot sleep or wait on timers (wasi:clocks subscribe-instant)",
+            ))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

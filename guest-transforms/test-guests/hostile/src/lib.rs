@@ -45,6 +45,10 @@ fn handle(msg: &Message) -> Outcome {
         }
         "recurse" => echo(format!("{}", recurse(0))),
         "panic" => panic!("hostile guest panics on purpose"),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            echo("slept".into())
+        }
         "file" => match std::fs::read("/etc/passwd") {
             Ok(b) => echo(format!("file read: {} bytes", b.len())),
             Err(e) => Outcome::Fail(format!("file denied: {e}")),
