@@ -4,8 +4,6 @@
 //! de-duplication by `id` each row appears once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vast_processor::batch::Table;
 use vast_processor_tests::*;
@@ -34,20 +32,14 @@ fn ten_kills_at_random_moments_lose_nothing() {
         .replace("[runtime]", "[reload]\ndebounce_ms = 100\n[runtime]");
     let data = dir.path().join("data");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let produced = Arc::new(Mutex::new(Vec::new()));
-    let producer = {
-        let (stop, produced, addr) = (stop.clone(), produced.clone(), broker.addr.clone());
-        std::thread::spawn(move || {
-            let mut seed = 100;
-            while !stop.load(Ordering::Relaxed) {
-                let got = produce(&addr, "raw-logs", &generated("raw-logs", 30, 25, seed));
-                produced.lock().unwrap().extend(got);
-                seed += 1;
-                std::thread::sleep(Duration::from_millis(60));
-            }
-        })
-    };
+    let load = Load::start(
+        &broker.addr,
+        "raw-logs",
+        30,
+        25,
+        100,
+        Duration::from_millis(60),
+    );
     let mut rng = vast_processor::generate::Rng::new(2026);
     for round in 0..10 {
         let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
@@ -65,8 +57,7 @@ fn ten_kills_at_random_moments_lose_nothing() {
         p.signal(9);
         p.wait(Duration::from_secs(10));
     }
-    stop.store(true, Ordering::Relaxed);
-    producer.join().unwrap();
+    let produced = load.finish();
     let mut last = Processor::start(VP, dir.path(), &cfg, &data, &["--stop-after-idle", "3"]);
     assert!(
         last.wait(Duration::from_secs(120)).success(),
@@ -74,7 +65,6 @@ fn ten_kills_at_random_moments_lose_nothing() {
         last.log_text()
     );
 
-    let produced = produced.lock().unwrap().clone();
     let all = rows(&data, Table::Events);
     let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
     let offsets: HashSet<(i64, i64)> = all

@@ -427,6 +427,8 @@ pub fn read_topic(
             .unwrap();
     }
     c.assign(&tpl).unwrap();
+    // Once `want` records are in, stop after this long without a new one.
+    const QUIET: Duration = Duration::from_secs(1);
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut quiet_since = Instant::now();
@@ -436,7 +438,7 @@ pub fn read_topic(
                 out.push(to_letter(&m));
                 quiet_since = Instant::now();
             }
-            _ if out.len() >= want && quiet_since.elapsed() > Duration::from_secs(1) => break,
+            _ if out.len() >= want && quiet_since.elapsed() > QUIET => break,
             _ => {}
         }
     }
@@ -506,4 +508,61 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Records produced continuously to `topic` by a background thread until [`Load::finish`].
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    produced: std::sync::Arc<Mutex<Vec<Produced>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Produce `per_round` generated records (every `invalid_every`th malformed) every
+    /// `pause`, with a new seed each round starting at `seed`.
+    pub fn start(
+        addr: &str,
+        topic: &str,
+        per_round: usize,
+        invalid_every: usize,
+        seed: u64,
+        pause: Duration,
+    ) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let produced = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (s, p, addr, topic) = (
+            stop.clone(),
+            produced.clone(),
+            addr.to_string(),
+            topic.to_string(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut seed = seed;
+            while !s.load(Ordering::Relaxed) {
+                let got = produce(
+                    &addr,
+                    &topic,
+                    &generated(&topic, per_round, invalid_every, seed),
+                );
+                p.lock().unwrap().extend(got);
+                seed += 1;
+                std::thread::sleep(pause);
+            }
+        });
+        Load {
+            stop,
+            produced,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop producing and return everything produced.
+    pub fn finish(mut self) -> Vec<Produced> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.produced.lock().unwrap().clone()
+    }
 }

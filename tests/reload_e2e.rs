@@ -9,8 +9,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vast_processor_tests::*;
 
@@ -103,20 +101,14 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
     let addr = admin_addr(&p.log_text()).expect("admin address in the log");
 
     // Continuous load.
-    let stop = Arc::new(AtomicBool::new(false));
-    let produced = Arc::new(Mutex::new(Vec::new()));
-    let producer = {
-        let (stop, produced, baddr) = (stop.clone(), produced.clone(), broker.addr.clone());
-        std::thread::spawn(move || {
-            let mut seed = 1;
-            while !stop.load(Ordering::Relaxed) {
-                let got = produce(&baddr, "raw-logs", &generated("raw-logs", 40, 0, seed));
-                produced.lock().unwrap().extend(got);
-                seed += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let load = Load::start(
+        &broker.addr,
+        "raw-logs",
+        40,
+        0,
+        1,
+        Duration::from_millis(100),
+    );
     wait_until(Duration::from_secs(30), "traffic", || {
         rows(&data, vast_processor::batch::Table::Events).len() > 100
     });
@@ -199,9 +191,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
         // Let traffic flow through whatever runs now.
         std::thread::sleep(Duration::from_millis(400));
     }
-    stop.store(true, Ordering::Relaxed);
-    producer.join().unwrap();
-    let produced = produced.lock().unwrap().clone();
+    let produced = load.finish();
     let t = transforms(&addr);
     assert_eq!(t[0]["accepted"].as_u64(), Some(accepted), "{t}");
     assert_eq!(

@@ -11,6 +11,13 @@ pub struct RowError {
     pub reason: String,
 }
 
+/// Processing time now, in microseconds since the epoch.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 /// The deterministic row id: 128 bits of XXH3 over (topic, partition, offset, row index),
 /// formatted like a UUID. A redelivered message yields identical ids, so duplicates can be
 /// removed downstream.

@@ -274,7 +274,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         .create()
         .context("cannot create the Kafka producer")?;
     let started = Instant::now();
-    let now_us = super::transform_test::now_micros();
+    let now_us = crate::rows::now_micros();
     let bar = progress(args.count, "records");
     for i in 0..args.count {
         bar.inc(1);

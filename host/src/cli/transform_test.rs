@@ -222,7 +222,7 @@ pub fn run(
     let settings = registry::instance_settings(&p, &base)?;
     let mut instance = TransformInstance::new(module.clone(), settings)?;
     let inputs = read_inputs(&args.input, args.format)?;
-    let now = args.now.unwrap_or_else(now_micros);
+    let now = args.now.unwrap_or_else(rows::now_micros);
 
     let mut lines = Vec::new();
     let (mut n_rows, mut n_skip, mut n_err) = (0usize, 0usize, 0usize);
@@ -301,13 +301,6 @@ pub fn run(
     let golden = read_golden(expect)?;
     let matched = compare(&golden, &lines, expect, out)?;
     Ok(Outcome { lines, matched })
-}
-
-/// Processing time now, in microseconds.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn read_golden(path: &Path) -> anyhow::Result<Vec<Value>> {

@@ -189,7 +189,7 @@ impl Worker {
         let pm = &self.metrics.pipelines[pipeline];
         let before = instance.stats().clone();
         let (wall, cpu) = (Instant::now(), crate::metrics::thread_cpu_ns());
-        let now = crate::cli::transform_test::now_micros();
+        let now = crate::rows::now_micros();
         let results = instance.process(msgs, now);
         pm.transform_seconds.observe(wall.elapsed().as_secs_f64());
         pm.transform_cpu_ns.fetch_add(

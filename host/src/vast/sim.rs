@@ -557,29 +557,14 @@ fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
             reply(200)
         }
         ("GET", "column", [bucket, schema, table]) => {
-            let Some(t) = db
-                .buckets
-                .get(*bucket)
-                .and_then(|b| b.get(*schema))
-                .and_then(|s| s.get(*table))
-            else {
+            let Some(t) = table_mut(db, bucket, schema, table) else {
                 return error(404, "NoSuchTable", "no such table");
             };
             let batch = RecordBatch::new_empty(Arc::new(Schema::new(t.schema.clone())));
-            let mut r = reply(200);
-            r.body = wire::ipc_stream(&batch).unwrap_or_default();
-            r.headers
-                .push(("tabular-is-truncated".into(), "false".into()));
-            r.headers.push(("tabular-next-key".into(), "0".into()));
-            r
+            listed(wire::ipc_stream(&batch).unwrap_or_default())
         }
         ("POST", "column", [bucket, schema, table]) => {
-            let Some(t) = db
-                .buckets
-                .get_mut(*bucket)
-                .and_then(|b| b.get_mut(*schema))
-                .and_then(|s| s.get_mut(*table))
-            else {
+            let Some(t) = table_mut(db, bucket, schema, table) else {
                 return error(404, "NoSuchTable", "no such table");
             };
             let Ok(columns) = wire::read_schema(&req.body) else {
@@ -595,12 +580,7 @@ fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
             reply(200)
         }
         ("POST", "rows", [bucket, schema, table]) => {
-            let Some(t) = db
-                .buckets
-                .get_mut(*bucket)
-                .and_then(|b| b.get_mut(*schema))
-                .and_then(|s| s.get_mut(*table))
-            else {
+            let Some(t) = table_mut(db, bucket, schema, table) else {
                 return error(404, "NoSuchTable", "no such table");
             };
             insert(t, &req.body)
@@ -616,6 +596,16 @@ fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
     }
 }
 
+fn table_mut<'a>(
+    db: &'a mut Db,
+    bucket: &str,
+    schema: &str,
+    table: &str,
+) -> Option<&'a mut TableState> {
+    db.buckets.get_mut(bucket)?.get_mut(schema)?.get_mut(table)
+}
+
+/// A listing answer: one page, not truncated.
 fn listed(body: Vec<u8>) -> Reply {
     let mut r = reply(200);
     r.body = body;
