@@ -249,7 +249,7 @@ pub fn generated(
 /// `<topic>-dlq`, fast group joins and short batch ages.
 pub fn test_config(broker: &Broker, group: &str, topics: &[&str], extra: &str) -> String {
     let mut s = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"auto.offset.reset\" = \"earliest\"\n[admin]\naddr = \"127.0.0.1:0\"\n[runtime]\nshutdown_timeout_s = 20\ncommit_interval_ms = 200\n{extra}\n",
+        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"fetch.wait.max.ms\" = \"100\"\n\"heartbeat.interval.ms\" = \"500\"\n\"auto.offset.reset\" = \"earliest\"\n[admin]\naddr = \"127.0.0.1:0\"\n[runtime]\nshutdown_timeout_s = 20\ncommit_interval_ms = 200\n{extra}\n",
         broker.addr
     );
     for t in topics {

@@ -351,6 +351,11 @@ impl Config {
             message,
         };
         for (key, value) in vars {
+            // An empty value means unset: compose files and .env templates pass `VAR=` for
+            // everything they know about (an empty VAST_ENDPOINT keeps the Parquet sink).
+            if value.trim().is_empty() {
+                continue;
+            }
             match key.as_str() {
                 "KAFKA_BOOTSTRAP_SERVERS" => self.kafka.bootstrap_servers = value,
                 "KAFKA_GROUP_ID" => self.kafka.group_id = value,
@@ -510,6 +515,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pipelines[1].topic"), "{err}");
+    }
+
+    #[test]
+    fn empty_environment_values_are_unset() {
+        let mut c = parse(include_str!("../../pipelines.toml")).unwrap();
+        let env = [
+            ("VAST_ENDPOINT", ""),
+            ("VAST_SECRET_KEY", " "),
+            ("KAFKA_TOPICS", ""),
+            ("KAFKA_BOOTSTRAP_SERVERS", ""),
+            ("KAFKA_PROPERTY_SASL_USERNAME", ""),
+        ];
+        c.apply_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .unwrap();
+        assert_eq!(c.sink.kind, SinkKind::Parquet);
+        assert_eq!(c.sink.secret_key, None);
+        assert_eq!(c.pipelines.len(), 4);
+        assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert!(!c.kafka.properties.contains_key("sasl.username"));
     }
 
     #[test]

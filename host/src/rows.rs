@@ -22,22 +22,33 @@ pub fn now_micros() -> i64 {
 /// formatted like a UUID. A redelivered message yields identical ids, so duplicates can be
 /// removed downstream.
 pub fn row_id(topic: &str, partition: i32, offset: i64, index: usize) -> String {
-    let mut buf = Vec::with_capacity(topic.len() + 21);
-    buf.extend_from_slice(topic.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(&partition.to_le_bytes());
-    buf.extend_from_slice(&offset.to_le_bytes());
-    buf.extend_from_slice(&(index as u64).to_le_bytes());
-    let h = xxhash_rust::xxh3::xxh3_128(&buf);
-    let s = format!("{h:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &s[..8],
-        &s[8..12],
-        &s[12..16],
-        &s[16..20],
-        &s[20..]
-    )
+    // Runs once per row: hash from a stack buffer (Kafka topic names are at most 249 bytes)
+    // and format straight into the one String the row keeps.
+    let mut stack = [0u8; 256 + 21];
+    let mut heap = Vec::new();
+    let t = topic.len();
+    let buf: &mut [u8] = if t <= 256 {
+        &mut stack[..t + 21]
+    } else {
+        heap.resize(t + 21, 0);
+        &mut heap
+    };
+    buf[..t].copy_from_slice(topic.as_bytes());
+    buf[t] = 0;
+    buf[t + 1..t + 5].copy_from_slice(&partition.to_le_bytes());
+    buf[t + 5..t + 13].copy_from_slice(&offset.to_le_bytes());
+    buf[t + 13..t + 21].copy_from_slice(&(index as u64).to_le_bytes());
+    let digest = xxhash_rust::xxh3::xxh3_128(buf);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        let nibble = (digest >> (124 - 4 * i)) & 0xf;
+        out.push(HEX[nibble as usize] as char);
+    }
+    out
 }
 
 fn check_object(what: &str, text: &str) -> Result<(), String> {

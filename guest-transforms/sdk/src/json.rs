@@ -124,7 +124,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
-                let mut v = Vec::new();
+                // Collector envelopes have 7 members: one allocation instead of three growths.
+                let mut v = Vec::with_capacity(8);
                 while let Some((k, val)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
                     v.push((k, val));
                 }

@@ -2,6 +2,7 @@
 //! `vast-processor` binary and the test harness's copy of it.
 
 pub mod commands;
+pub mod scaffold;
 pub mod transform_test;
 
 use clap::{Parser, Subcommand};
@@ -60,11 +61,17 @@ enum Command {
 enum TransformCommand {
     /// Run a transform on messages read from files, as the pipeline would.
     Test(transform_test::TestArgs),
+    /// Create a new transform crate (with a golden test) to build into a .wasm.
+    New(scaffold::NewArgs),
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // An unset or empty RUST_LOG means `info` (an empty filter would silence everything).
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(v)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        _ => tracing_subscriber::EnvFilter::new("info"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -97,6 +104,13 @@ pub fn main() -> ExitCode {
         Command::Check(a) => commands::check(a, cache),
         Command::Bench(a) => commands::bench(a, cache),
         Command::VastSim(a) => commands::vast_sim(a),
+        Command::Transform(TransformCommand::New(args)) => scaffold::create(args)
+            .map_err(anyhow::Error::from)
+            .map(|root| {
+                println!("created {}", root.display());
+                println!("next: cd {} && cat README.md", root.display());
+                ExitCode::SUCCESS
+            }),
         Command::Transform(TransformCommand::Test(args)) => (|| {
             let engine = crate::wasm::TransformEngine::new(cache)?;
             let outcome = transform_test::run(

@@ -1,6 +1,6 @@
 //! The Kafka source: one consumer thread polls the group and routes each partition's records,
-//! in order, to one worker (by hash), over bounded queues. When a worker's queue is full the
-//! partition is paused instead of buffering more. Offsets are committed only for the
+//! in order, to one worker (the least loaded when first seen), over bounded queues. When a
+//! worker's queue is full the partition is paused instead of buffering more. Offsets are committed only for the
 //! delivered prefix reported by the workers; on revoke and on shutdown the workers flush
 //! first and the commit is synchronous.
 
@@ -18,7 +18,6 @@ use rdkafka::message::{Headers, Message as _};
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +72,8 @@ struct Shared {
     /// Records held back for paused partitions, in order.
     held: Mutex<HashMap<Tp, VecDeque<Pending>>>,
     assigned: Mutex<HashSet<Tp>>,
+    /// Partition → worker, see [`Shared::worker_for`].
+    routes: Mutex<HashMap<Tp, usize>>,
     committed: Mutex<HashMap<Tp, i64>>,
     flush_timeout: Duration,
     failed: Mutex<Option<String>>,
@@ -80,10 +81,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// The worker of a partition. A partition keeps its worker for the life of the process
+    /// (its records stay in order and its delivered prefix has one writer); a partition seen
+    /// for the first time goes to the worker with the fewest assigned partitions. Hashing
+    /// instead left one of two workers idle whenever two partitions collided.
     fn worker_for(&self, tp: &Tp) -> usize {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        tp.hash(&mut h);
-        (h.finish() % self.workers.len() as u64) as usize
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&w) = routes.get(tp) {
+            return w;
+        }
+        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut load = vec![0usize; self.workers.len()];
+        for (t, &w) in routes.iter() {
+            if assigned.contains(t) {
+                load[w] += 1;
+            }
+        }
+        drop(assigned);
+        let w = (0..load.len()).min_by_key(|&w| (load[w], w)).unwrap_or(0);
+        routes.insert(tp.clone(), w);
+        w
     }
 
     fn has_room(&self, w: usize) -> bool {
@@ -383,6 +400,7 @@ pub fn run(
         stats: stats.clone(),
         held: Mutex::new(HashMap::new()),
         assigned: Mutex::new(HashSet::new()),
+        routes: Mutex::new(HashMap::new()),
         committed: Mutex::new(HashMap::new()),
         flush_timeout: Duration::from_secs(config.runtime.shutdown_timeout_s),
         failed: Mutex::new(None),

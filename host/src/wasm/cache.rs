@@ -9,10 +9,12 @@ use wasmtime::component::Component;
 /// The default cache directory: `$VAST_PROCESSOR_CACHE_DIR`, else `$XDG_CACHE_HOME` or
 /// `~/.cache` + `/vast-processor`.
 pub fn default_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("VAST_PROCESSOR_CACHE_DIR") {
+    // Empty values count as unset, as for every variable of .env.example.
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(d) = var("VAST_PROCESSOR_CACHE_DIR") {
         return Some(PathBuf::from(d));
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    let base = var("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("vast-processor"))

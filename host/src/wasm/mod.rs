@@ -112,6 +112,10 @@ impl TransformEngine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `perf` can name guest functions when asked to (see BENCHMARKS.md, "Profiling").
+        if std::env::var_os("VAST_PROCESSOR_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| TransformError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
