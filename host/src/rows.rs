@@ -235,6 +235,29 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_the_uuid_form_of_xxh3_128_over_the_coordinates() {
+        // Ids must never change between releases (downstream de-duplication relies on them):
+        // pin the layout, including a topic longer than the stack buffer.
+        for topic in ["raw-logs".to_string(), "t".repeat(300)] {
+            let mut buf = topic.as_bytes().to_vec();
+            buf.push(0);
+            buf.extend_from_slice(&7i32.to_le_bytes());
+            buf.extend_from_slice(&42i64.to_le_bytes());
+            buf.extend_from_slice(&3u64.to_le_bytes());
+            let hex = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            );
+            assert_eq!(row_id(&topic, 7, 42, 3), want);
+        }
+    }
+
+    #[test]
     fn complete_fills_host_columns_and_keeps_given_ones() {
         let mut rows = vec![event("{}"), event("{\"a\":1}")];
         if let Row::Event(e) = &mut rows[1] {
