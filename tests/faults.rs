@@ -1,6 +1,6 @@
-//! Sink and broker faults end to end: a Parquet directory that becomes unwritable mid-run
-//! (clear error, no commit past what landed, recovery when fixed), and a broker that goes away
-//! and comes back (the processor reconnects by itself).
+//! Sink and broker faults end to end: a Parquet directory that becomes unwritable mid-run, and
+//! a full disk (clear error, no commit past what landed, recovery when fixed), and a broker
+//! that goes away and comes back (the processor reconnects by itself).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -95,6 +95,113 @@ fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
         p.log_text().contains("cannot create"),
         "the error names the failing path"
     );
+}
+
+/// Set the soft file-size limit of process `pid` (bytes; `None` = unlimited).
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads `lim` and writes nothing (old limit pointer is null).
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A full disk: the processor's file-size limit is cut to 4 KiB, so every Parquet file it
+/// writes fails part-way (EFBIG, as a full filesystem fails with ENOSPC). Works for any user,
+/// unlike mounting a small tmpfs.
+#[test]
+fn a_full_disk_holds_commits_back_and_recovers() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 2);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = test_config(&broker, "e2e-full", &["raw-logs"], "")
+        .replace("max_rows = 5000", "max_rows = 100");
+    let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
+    wait_until(Duration::from_secs(60), "group join", || {
+        p.log_text().contains("partitions assigned")
+    });
+    let log = p.log_text();
+    let admin = log
+        .split("admin server listening")
+        .nth(1)
+        .and_then(|rest| rest.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .expect("admin address in the log")
+        .to_string();
+    let mut produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 300, 0, 41));
+    wait_until(Duration::from_secs(60), "first records", || {
+        landed(&data).len() == 300
+    });
+
+    // The disk is full. (The log file is past 4 KiB too, so the processor's own log lines
+    // fail from here on: the failure is read from /metrics.)
+    limit_file_size(p.pid(), Some(4096));
+    produced.extend(produce(
+        &broker.addr,
+        "raw-logs",
+        &generated("raw-logs", 300, 0, 42),
+    ));
+    let failures = || {
+        let (_, text) = http_get(&admin, "/metrics");
+        let labels = "{pipeline=\"raw-logs\",topic=\"raw-logs\"}";
+        metric(&text, &format!("vast_sink_failures_total{labels}"))
+    };
+    wait_until(Duration::from_secs(30), "the write failures", || {
+        failures() >= 2.0
+    });
+    assert!(p.still_running(), "a full disk must not stop the process");
+    let before = landed(&data);
+    assert_eq!(before.len(), 300, "nothing new can land on a full disk");
+    for (part, next) in committed(&broker.addr, "e2e-full", "raw-logs", 2) {
+        for off in 0..next {
+            assert!(
+                before.contains(&(part as i64, off)),
+                "offset {part}/{off} committed while the disk was full"
+            );
+        }
+    }
+
+    // Space again: everything lands, once, and no partial file is left behind.
+    limit_file_size(p.pid(), None);
+    wait_until(Duration::from_secs(60), "recovery", || {
+        landed(&data).len() == produced.len()
+    });
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    let all = rows(&data, Table::Events);
+    let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), produced.len());
+    assert_eq!(
+        committed(&broker.addr, "e2e-full", "raw-logs", 2),
+        end_offsets(&produced)
+    );
+    let mut leftovers = Vec::new();
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().ends_with(".tmp") {
+                leftovers.push(e.path());
+            }
+        }
+    }
+    assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
 }
 
 #[test]

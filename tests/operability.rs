@@ -167,3 +167,70 @@ fn metrics_move_by_exactly_the_produced_amounts_and_readyz_tracks_join_and_sink(
         assert!(l["level"] == "INFO", "{l}");
     }
 }
+
+/// `bench --bootstrap` measures the broker read rate (e0), the end-to-end path (e) and the
+/// peak RSS of a separate `run` process over the same records.
+#[test]
+fn bench_end_to_end_reports_broker_rate_and_processor_rss() {
+    let broker = Broker::start();
+    let out = std::process::Command::new(VP)
+        .args([
+            "--cache-dir",
+            scratch().join("wasm-cache").to_str().unwrap(),
+            "bench",
+            "--topic",
+            "raw-logs",
+            "--messages",
+            "2000",
+            "--runs",
+            "1",
+            "--bootstrap",
+            &broker.addr,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |what: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in\n{stdout}"))
+            .to_string()
+    };
+    let rate = |l: &str| -> f64 {
+        l.split("msgs/s")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(rate(&line("e0. broker read only")) > 0.0);
+    let e = line("e. end to end (broker)");
+    assert!(rate(&e) > 0.0, "{e}");
+    // Every record became a row: rows/s equals msgs/s on the end-to-end line.
+    let rows: f64 = e
+        .split("rows/s")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(rows, rate(&e), "{e}");
+    let rss: f64 = line("processor peak RSS")
+        .split("records): ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("an RSS figure");
+    assert!(rss > 10.0, "implausible RSS {rss} MiB");
+}

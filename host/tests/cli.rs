@@ -389,7 +389,7 @@ fn bench_runs_every_scenario_and_prints_figures() {
         "b. native",
         "c. full path, 1 worker",
         "d. full path, 2 workers",
-        "peak RSS:",
+        "peak RSS of the bench process",
     ] {
         assert!(
             report.contains(scenario),

@@ -134,6 +134,12 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, shutdown.clone())
             .context("cannot install signal handlers")?;
     }
+    // A file-size limit (ulimit -f, a quota) must be a failed write the sink retries, not
+    // SIGXFSZ killing the process mid-batch.
+    // SAFETY: setting a signal's disposition to "ignore" has no handler to race with.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let stats = Arc::new(RunStats::default());
     let metrics = Arc::new(crate::metrics::Metrics::new(
         specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
