@@ -16,7 +16,7 @@ impl Guest for RawQueries {
     }
 
     fn process(batch: Vec<Message>) -> Vec<Outcome> {
-        vast_transform_sdk::process_each(&batch, transforms::raw_queries)
+        vast_transform_sdk::process_each_scoped(&batch, transforms::raw_queries)
     }
 }
 

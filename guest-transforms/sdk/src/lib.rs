@@ -36,14 +36,14 @@ pub mod bindings {
 }
 
 // Transforms allocate and free a handful of short strings per message, and the canonical ABI
-// frees every returned string after each batch: talc does that much faster than dlmalloc.
+// frees every returned string after each batch: talc does that much faster than dlmalloc,
+// and `process_each_scoped` avoids most of it (see arena.rs).
 #[cfg(all(
     feature = "talc",
     target_family = "wasm",
     not(target_feature = "atomics")
 ))]
-#[global_allocator]
-static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+pub mod arena;
 
 pub mod gzip;
 pub mod json;
@@ -109,6 +109,30 @@ pub fn process_each(
     let out = batch.iter().map(|m| f(m, &mut stats)).collect();
     stats.flush();
     out
+}
+
+/// Like [`process_each`], but every allocation made while it runs (parsed fields, rows,
+/// outcomes) comes from a per-batch arena that is released all at once when the next batch
+/// starts, instead of being freed one by one. Faster for transforms that build many small
+/// strings; the one rule is that `f` must not keep anything it allocates beyond the batch
+/// (no caches in statics filled during `process`). Without the `talc` feature, or natively,
+/// it is `process_each`.
+pub fn process_each_scoped(
+    batch: &[Message],
+    f: impl FnMut(&Message, &mut Stats) -> Outcome,
+) -> Vec<Outcome> {
+    #[cfg(all(
+        feature = "talc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    ))]
+    return arena::scoped(|| process_each(batch, f));
+    #[cfg(not(all(
+        feature = "talc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    )))]
+    process_each(batch, f)
 }
 
 /// Build a message for tests and benchmarks.
