@@ -18,6 +18,7 @@ fn sim() -> Simulator {
             credentials: Credentials::new("AK", SECRET),
             buckets: vec!["vastdb".into()],
             server: "vast 5.3.0.1".into(),
+            tls: None,
         },
     )
     .unwrap()

@@ -21,6 +21,7 @@ fn sim() -> Simulator {
             credentials: Credentials::new("AK", SECRET),
             buckets: vec!["vastdb".into()],
             server: "vast 5.3.0.1".into(),
+            tls: None,
         },
     )
     .unwrap()
@@ -369,4 +370,56 @@ fn check_reports_the_vast_state_and_column_differences() {
     assert!(!text.contains(SECRET));
     // `check` changes nothing.
     assert!(sim.table("vastdb", "observability", "metrics").is_none());
+}
+
+/// https with a private CA: `sink.ca_file` makes the client trust it; without it, or with
+/// another CA, the connection is refused with a certificate error (and nothing is sent).
+#[test]
+fn https_with_a_custom_ca_file() {
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let sim = Simulator::start(
+        "127.0.0.1:0",
+        SimOptions {
+            credentials: Credentials::new("AK", SECRET),
+            buckets: vec!["vastdb".into()],
+            server: "vast 5.3.0.1".into(),
+            tls: Some(
+                vast_processor::vast::sim::tls_config(
+                    &tls.join("server.pem"),
+                    &tls.join("server.key"),
+                )
+                .unwrap(),
+            ),
+        },
+    )
+    .unwrap();
+    assert!(sim.endpoint().starts_with("https://127.0.0.1:"));
+    let with_ca = |ca: Option<&str>| VastConfig {
+        ca_file: ca.map(|f| tls.join(f)),
+        ..config(&sim.endpoint(), SECRET)
+    };
+
+    // Trusted through the CA file: the whole sink path works over TLS.
+    let sink =
+        VastSink::connect(&with_ca(Some("ca.pem")), "vastdb", "observability", true).unwrap();
+    sink.bootstrap().unwrap();
+    sink.write(&events(&["tls-1", "tls-2"])).unwrap();
+    assert_eq!(ids(&sim, "events"), ["tls-1", "tls-2"]);
+
+    // Not trusted: the system roots do not know this CA, nor does another CA.
+    for ca in [None, Some("other-ca.pem")] {
+        let err = VastClient::connect(&with_ca(ca)).err().unwrap();
+        let text = format!("{err:#}").to_lowercase();
+        assert!(
+            text.contains("certificate") || text.contains("issuer"),
+            "{ca:?}: {err:#}"
+        );
+    }
+    assert_eq!(ids(&sim, "events").len(), 2);
+
+    // A CA file that is not PEM is a clear configuration error.
+    let err = VastClient::connect(&with_ca(Some("make.sh")))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("make.sh"), "{err}");
 }

@@ -361,6 +361,12 @@ pub struct SimArgs {
     /// The version the server reports.
     #[arg(long, default_value = "vast 5.3.0.1")]
     pub server: String,
+    /// Serve https with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `vast-processor vast-sim`: run the VAST simulator until SIGTERM/SIGINT.
@@ -374,6 +380,12 @@ pub fn vast_sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
             ),
             buckets: args.buckets.clone(),
             server: args.server.clone(),
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(crate::vast::sim::tls_config(cert, key).map_err(anyhow::Error::msg)?)
+                }
+                _ => None,
+            },
         },
     )
     .with_context(|| format!("cannot listen on {}", args.listen))?;

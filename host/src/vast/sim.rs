@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Field, Schema};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -78,11 +79,34 @@ pub struct SimOptions {
     pub buckets: Vec<String>,
     /// The `Server` header, e.g. `vast 5.3.0.1`.
     pub server: String,
+    /// Serve https with this configuration (see [`tls_config`]) instead of plain http.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS server configuration from PEM files: the certificate chain and its private key.
+pub fn tls_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_pem)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", cert_pem.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| {
+        format!(
+            "cannot read the private key from {}: {e}",
+            key_pem.display()
+        )
+    })?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map(Arc::new)
+        .map_err(|e| format!("invalid TLS certificate or key: {e}"))
 }
 
 /// A running simulator; stops when dropped.
 pub struct Simulator {
     addr: SocketAddr,
+    tls: bool,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
 }
@@ -105,6 +129,7 @@ impl Simulator {
         }
         let state = Arc::new(Mutex::new(st));
         let stop = Arc::new(AtomicBool::new(false));
+        let tls = options.tls.is_some();
         let (s2, stop2, opts) = (state.clone(), stop.clone(), Arc::new(options));
         std::thread::Builder::new()
             .name("vast-sim".into())
@@ -117,10 +142,24 @@ impl Simulator {
                     let (s3, o3) = (s2.clone(), opts.clone());
                     let _ = std::thread::Builder::new()
                         .name("vast-sim-conn".into())
-                        .spawn(move || serve(conn, &s3, &o3));
+                        .spawn(move || match &o3.tls {
+                            Some(cfg) => {
+                                // A failed handshake shows up as a read error: the
+                                // connection just ends, as a real server's would.
+                                if let Ok(tls) = rustls::ServerConnection::new(cfg.clone()) {
+                                    serve(rustls::StreamOwned::new(tls, conn), &s3, &o3);
+                                }
+                            }
+                            None => serve(conn, &s3, &o3),
+                        });
                 }
             })?;
-        Ok(Simulator { addr, state, stop })
+        Ok(Simulator {
+            addr,
+            tls,
+            state,
+            stop,
+        })
     }
 
     /// The bound address.
@@ -130,7 +169,8 @@ impl Simulator {
 
     /// `http://addr`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Add a fault rule.
@@ -228,7 +268,7 @@ impl Request {
     }
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -316,7 +356,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_reply(w: &mut TcpStream, server: &str, r: &Reply) -> std::io::Result<()> {
+fn write_reply(w: &mut impl Write, server: &str, r: &Reply) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nServer: {server}\r\nContent-Length: {}\r\n",
         r.status,
@@ -332,10 +372,7 @@ fn write_reply(w: &mut TcpStream, server: &str, r: &Reply) -> std::io::Result<()
     w.flush()
 }
 
-fn serve(conn: TcpStream, state: &Mutex<State>, opts: &SimOptions) {
-    let Ok(mut writer) = conn.try_clone() else {
-        return;
-    };
+fn serve<S: Read + Write>(conn: S, state: &Mutex<State>, opts: &SimOptions) {
     let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader) {
         let fault = take_fault(state, &req);
@@ -353,12 +390,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>, opts: &SimOptions) {
             req.method, req.path, req.query, status
         ));
         match (answer, &fault) {
-            (Some(_), Some(FaultKind::DropAfterApply)) | (None, _) => {
-                let _ = writer.shutdown(std::net::Shutdown::Both);
-                return;
-            }
+            // Dropping the stream closes the connection without an answer.
+            (Some(_), Some(FaultKind::DropAfterApply)) | (None, _) => return,
             (Some(a), _) => {
-                if write_reply(&mut writer, &opts.server, &a).is_err() {
+                if write_reply(reader.get_mut(), &opts.server, &a).is_err() {
                     return;
                 }
             }
