@@ -21,6 +21,30 @@ fn landed(data: &std::path::Path) -> HashSet<(i64, i64)> {
         .collect()
 }
 
+/// Stop the processor gracefully, then: every produced record landed once (by id) and the
+/// group's committed offsets are the end offsets.
+fn stop_and_check_exactly_once(
+    p: &mut Processor,
+    broker: &Broker,
+    group: &str,
+    data: &std::path::Path,
+    produced: &[Produced],
+) {
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    let all = rows(data, Table::Events);
+    let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), produced.len());
+    assert_eq!(
+        committed(&broker.addr, group, "raw-logs", 2),
+        end_offsets(produced)
+    );
+}
+
 #[test]
 fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
     let broker = Broker::start();
@@ -78,19 +102,7 @@ fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
     wait_until(Duration::from_secs(60), "recovery", || {
         landed(&data).len() == produced.len()
     });
-    p.signal(15);
-    assert!(
-        p.wait(Duration::from_secs(30)).success(),
-        "{}",
-        p.log_text()
-    );
-    let all = rows(&data, Table::Events);
-    let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), produced.len());
-    assert_eq!(
-        committed(&broker.addr, "e2e-disk", "raw-logs", 2),
-        end_offsets(&produced)
-    );
+    stop_and_check_exactly_once(&mut p, &broker, "e2e-disk", &data, &produced);
     assert!(
         p.log_text().contains("cannot create"),
         "the error names the failing path"
@@ -131,14 +143,7 @@ fn a_full_disk_holds_commits_back_and_recovers() {
     wait_until(Duration::from_secs(60), "group join", || {
         p.log_text().contains("partitions assigned")
     });
-    let log = p.log_text();
-    let admin = log
-        .split("admin server listening")
-        .nth(1)
-        .and_then(|rest| rest.split("addr=").nth(1))
-        .and_then(|a| a.split_whitespace().next())
-        .expect("admin address in the log")
-        .to_string();
+    let admin = admin_addr(&p.log_text()).expect("admin address in the log");
     let mut produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 300, 0, 41));
     wait_until(Duration::from_secs(60), "first records", || {
         landed(&data).len() == 300
@@ -177,19 +182,7 @@ fn a_full_disk_holds_commits_back_and_recovers() {
     wait_until(Duration::from_secs(60), "recovery", || {
         landed(&data).len() == produced.len()
     });
-    p.signal(15);
-    assert!(
-        p.wait(Duration::from_secs(30)).success(),
-        "{}",
-        p.log_text()
-    );
-    let all = rows(&data, Table::Events);
-    let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), produced.len());
-    assert_eq!(
-        committed(&broker.addr, "e2e-full", "raw-logs", 2),
-        end_offsets(&produced)
-    );
+    stop_and_check_exactly_once(&mut p, &broker, "e2e-full", &data, &produced);
     let mut leftovers = Vec::new();
     let mut stack = vec![data.clone()];
     while let Some(d) = stack.pop() {

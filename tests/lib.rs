@@ -510,6 +510,19 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The admin server's address, from the processor's "admin server listening" log line.
+pub fn admin_addr(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("admin server listening"))?;
+    let at = line.find("addr=")? + 5;
+    Some(
+        line[at..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
 /// Records produced continuously to `topic` by a background thread until [`Load::finish`].
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

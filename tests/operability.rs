@@ -202,30 +202,19 @@ fn bench_end_to_end_reports_broker_rate_and_processor_rss() {
             .unwrap_or_else(|| panic!("no {what:?} line in\n{stdout}"))
             .to_string()
     };
-    let rate = |l: &str| -> f64 {
-        l.split("msgs/s")
+    // The figure just before `unit` on a report line.
+    let figure = |l: &str, unit: &str| -> f64 {
+        l.split(unit)
             .next()
-            .unwrap()
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .parse()
-            .unwrap()
+            .and_then(|head| head.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {unit} figure in {l:?}"))
     };
-    assert!(rate(&line("e0. broker read only")) > 0.0);
+    assert!(figure(&line("e0. broker read only"), "msgs/s") > 0.0);
     let e = line("e. end to end (broker)");
-    assert!(rate(&e) > 0.0, "{e}");
+    assert!(figure(&e, "msgs/s") > 0.0, "{e}");
     // Every record became a row: rows/s equals msgs/s on the end-to-end line.
-    let rows: f64 = e
-        .split("rows/s")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(rows, rate(&e), "{e}");
+    assert_eq!(figure(&e, "rows/s"), figure(&e, "msgs/s"), "{e}");
     let rss: f64 = line("processor peak RSS")
         .split("records): ")
         .nth(1)

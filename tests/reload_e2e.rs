@@ -58,18 +58,6 @@ fn hash12(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn admin_addr(log: &str) -> Option<String> {
-    let line = log.lines().find(|l| l.contains("admin server listening"))?;
-    let at = line.find("addr=")? + 5;
-    Some(
-        line[at..]
-            .split_whitespace()
-            .next()?
-            .trim_matches('"')
-            .to_string(),
-    )
-}
-
 fn transforms(addr: &str) -> Value {
     serde_json::from_str(&http_get(addr, "/transforms").1).unwrap()
 }
