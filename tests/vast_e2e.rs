@@ -14,12 +14,7 @@ const SECRET: &str = "e2e-secret-do-not-print";
 fn sim() -> Simulator {
     Simulator::start(
         "127.0.0.1:0",
-        SimOptions {
-            credentials: Credentials::new("AK", SECRET),
-            buckets: vec!["vastdb".into()],
-            server: "vast 5.3.0.1".into(),
-            tls: None,
-        },
+        SimOptions::new(Credentials::new("AK", SECRET), vec!["vastdb".into()]),
     )
     .unwrap()
 }

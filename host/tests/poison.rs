@@ -32,6 +32,17 @@ fn replay(topic: &str, inputs: &Path, data: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Replay `inputs` (it must succeed) and return the dead letters it wrote.
+fn replay_ok(topic: &str, inputs: &Path, data: &Path) -> Vec<(i64, String)> {
+    let out = replay(topic, inputs, data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dead(data)
+}
+
 fn dead(data: &Path) -> Vec<(i64, String)> {
     let mut v: Vec<(i64, String)> = vast_processor::deadletter::read_dead_letter_files(data)
         .iter()
@@ -77,13 +88,7 @@ fn hostile_json_records_are_processed_or_dead_lettered() {
         std::fs::write(inp.join(name), bytes).unwrap();
     }
     let data = dir.path().join("data");
-    let out = replay("raw-logs", &inp, &data);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dead = dead(&data);
+    let dead = replay_ok("raw-logs", &inp, &data);
     let offsets: Vec<i64> = dead.iter().map(|(o, _)| *o).collect();
     let events = rows(&data, vast_processor::batch::Table::Events);
     let kept: Vec<i64> = events
@@ -157,13 +162,7 @@ fn hostile_protobuf_records_are_processed_or_dead_lettered() {
         std::fs::write(inp.join(name), bytes).unwrap();
     }
     let data = dir.path().join("data");
-    let out = replay("otel-metrics", &inp, &data);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dead = dead(&data);
+    let dead = replay_ok("otel-metrics", &inp, &data);
     let offsets: Vec<i64> = dead.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, [0, 1, 4], "{dead:?}");
     assert!(dead[0].1.contains("refused"), "{dead:?}");

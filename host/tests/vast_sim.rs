@@ -17,12 +17,7 @@ const SECRET: &str = "s3cr3t-value-never-logged";
 fn sim() -> Simulator {
     Simulator::start(
         "127.0.0.1:0",
-        SimOptions {
-            credentials: Credentials::new("AK", SECRET),
-            buckets: vec!["vastdb".into()],
-            server: "vast 5.3.0.1".into(),
-            tls: None,
-        },
+        SimOptions::new(Credentials::new("AK", SECRET), vec!["vastdb".into()]),
     )
     .unwrap()
 }
@@ -35,6 +30,19 @@ fn config(endpoint: &str, secret: &str) -> VastConfig {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(10),
     }
+}
+
+/// A sink on the simulator with the schema and tables created.
+fn bootstrapped(sim: &Simulator) -> VastSink {
+    let sink = VastSink::connect(
+        &config(&sim.endpoint(), SECRET),
+        "vastdb",
+        "observability",
+        true,
+    )
+    .unwrap();
+    sink.bootstrap().unwrap();
+    sink
 }
 
 fn events(ids: &[&str]) -> Vec<(Table, RecordBatch)> {
@@ -86,14 +94,7 @@ fn ids(sim: &Simulator, table: &str) -> Vec<String> {
 #[test]
 fn bootstrap_creates_schema_and_sorted_tables_and_rows_appear_only_at_commit() {
     let sim = sim();
-    let sink = VastSink::connect(
-        &config(&sim.endpoint(), SECRET),
-        "vastdb",
-        "observability",
-        true,
-    )
-    .unwrap();
-    sink.bootstrap().unwrap();
+    let sink = bootstrapped(&sim);
     let (events_schema, sorted) = sim.table("vastdb", "observability", "events").unwrap();
     assert_eq!(events_schema, *Table::Events.schema(true));
     assert_eq!(sorted, vec![1, 0, 2], "entity_id, timestamp, event_type");
@@ -186,14 +187,7 @@ fn wrong_credentials_and_non_vast_servers_are_refused_at_connect() {
 #[test]
 fn slowdown_is_retried_in_place() {
     let sim = sim();
-    let sink = VastSink::connect(
-        &config(&sim.endpoint(), SECRET),
-        "vastdb",
-        "observability",
-        true,
-    )
-    .unwrap();
-    sink.bootstrap().unwrap();
+    let sink = bootstrapped(&sim);
     sim.add_fault(Fault {
         method: Some("POST".into()),
         command: Some("rows".into()),
@@ -214,14 +208,7 @@ fn slowdown_is_retried_in_place() {
 #[test]
 fn a_dropped_connection_after_the_insert_applied_is_not_committed_twice() {
     let sim = sim();
-    let sink = VastSink::connect(
-        &config(&sim.endpoint(), SECRET),
-        "vastdb",
-        "observability",
-        true,
-    )
-    .unwrap();
-    sink.bootstrap().unwrap();
+    let sink = bootstrapped(&sim);
     sim.add_fault(Fault {
         method: Some("POST".into()),
         command: Some("rows".into()),
@@ -380,9 +367,6 @@ fn https_with_a_custom_ca_file() {
     let sim = Simulator::start(
         "127.0.0.1:0",
         SimOptions {
-            credentials: Credentials::new("AK", SECRET),
-            buckets: vec!["vastdb".into()],
-            server: "vast 5.3.0.1".into(),
             tls: Some(
                 vast_processor::vast::sim::tls_config(
                     &tls.join("server.pem"),
@@ -390,6 +374,7 @@ fn https_with_a_custom_ca_file() {
                 )
                 .unwrap(),
             ),
+            ..SimOptions::new(Credentials::new("AK", SECRET), vec!["vastdb".into()])
         },
     )
     .unwrap();

@@ -374,11 +374,6 @@ pub fn vast_sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let sim = crate::vast::sim::Simulator::start(
         &args.listen,
         crate::vast::sim::SimOptions {
-            credentials: crate::vast::sigv4::Credentials::new(
-                args.access_key.clone(),
-                args.secret_key.clone(),
-            ),
-            buckets: args.buckets.clone(),
             server: args.server.clone(),
             tls: match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => {
@@ -386,6 +381,13 @@ pub fn vast_sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
                 }
                 _ => None,
             },
+            ..crate::vast::sim::SimOptions::new(
+                crate::vast::sigv4::Credentials::new(
+                    args.access_key.clone(),
+                    args.secret_key.clone(),
+                ),
+                args.buckets.clone(),
+            )
         },
     )
     .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -55,6 +55,20 @@ struct TableState {
     base: usize,
 }
 
+impl TableState {
+    fn new(columns: &Schema, sorted: Vec<usize>) -> TableState {
+        TableState {
+            schema: columns
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect(),
+            sorted,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Db {
     /// bucket → schema → table.
@@ -81,6 +95,18 @@ pub struct SimOptions {
     pub server: String,
     /// Serve https with this configuration (see [`tls_config`]) instead of plain http.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl SimOptions {
+    /// Plain http, a VAST 5.3 `Server` header, the given credentials and buckets.
+    pub fn new(credentials: Credentials, buckets: Vec<String>) -> SimOptions {
+        SimOptions {
+            credentials,
+            buckets,
+            server: "vast 5.3.0.1".into(),
+            tls: None,
+        }
+    }
 }
 
 /// A TLS server configuration from PEM files: the certificate chain and its private key.
@@ -211,17 +237,7 @@ impl Simulator {
             .or_default()
             .entry(schema.into())
             .or_default()
-            .insert(
-                table.into(),
-                TableState {
-                    schema: columns
-                        .fields()
-                        .iter()
-                        .map(|f| f.as_ref().clone())
-                        .collect(),
-                    ..Default::default()
-                },
-            );
+            .insert(table.into(), TableState::new(&columns, Vec::new()));
     }
 
     /// Requests seen so far (`METHOD path?query -> status`).
@@ -577,18 +593,7 @@ fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
                     _ => return error(500, "InternalError", "We encountered an internal error"),
                 }
             }
-            s.insert(
-                table.to_string(),
-                TableState {
-                    schema: columns
-                        .fields()
-                        .iter()
-                        .map(|f| f.as_ref().clone())
-                        .collect(),
-                    sorted,
-                    ..Default::default()
-                },
-            );
+            s.insert(table.to_string(), TableState::new(&columns, sorted));
             reply(200)
         }
         ("GET", "column", [bucket, schema, table]) => {
