@@ -11,8 +11,6 @@ use crate::sink::{Sink, SinkError};
 use crate::wasm::{InstanceSettings, Message, MessageResult, TransformEngine, TransformInstance};
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,6 +27,15 @@ pub struct BenchOptions {
     pub workers: usize,
     /// A broker for the end-to-end measurement (skipped when `None`).
     pub bootstrap: Option<String>,
+    /// Scenarios to measure, by letter (`a`, `b`, `c`, `d`, `e`); empty means all.
+    pub scenarios: Vec<char>,
+}
+
+impl BenchOptions {
+    /// Whether scenario `letter` is selected.
+    pub fn wants(&self, letter: char) -> bool {
+        self.scenarios.is_empty() || self.scenarios.contains(&letter)
+    }
 }
 
 /// One measured scenario.
@@ -116,9 +123,7 @@ pub struct EncodeOnlySink {
 
 impl Sink for EncodeOnlySink {
     fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
+        let props = crate::sink::parquet::writer_properties();
         for (_, b) in batches {
             let mut out = Vec::new();
             let mut w =
@@ -268,6 +273,9 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
         let s = spec(engine, topic)?;
         // (a) transform only, through wasm, by batch size.
         for batch in [1usize, 100, 1000, 10_000] {
+            if !opts.wants('a') {
+                break;
+            }
             let n = if batch == 1 {
                 msgs.len().min(20_000)
             } else {
@@ -294,65 +302,71 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
             )));
         }
         // (b) the same logic compiled natively.
-        let f = vast_transform_sdk::transforms::by_name(topic)
-            .ok_or_else(|| anyhow::anyhow!("no native {topic}"))?;
-        let native: Vec<vast_transform_sdk::Message> = msgs
-            .iter()
-            .map(|m| vast_transform_sdk::message(topic, m.offset, m.payload.clone()))
-            .collect();
-        let runs = (0..opts.runs)
-            .map(|_| {
-                let t = Instant::now();
-                let mut stats = vast_transform_sdk::Stats::default();
-                let rows: usize = native
-                    .iter()
-                    .map(|m| match f(m, &mut stats) {
-                        vast_transform_sdk::Outcome::Rows(r) => r.len(),
-                        _ => 0,
-                    })
-                    .sum();
-                (t.elapsed(), native.len(), rows, bytes)
-            })
-            .collect();
-        out.push(report(summarize(topic, "b. native".into(), runs)));
+        if opts.wants('b') {
+            let f = vast_transform_sdk::transforms::by_name(topic)
+                .ok_or_else(|| anyhow::anyhow!("no native {topic}"))?;
+            let native: Vec<vast_transform_sdk::Message> = msgs
+                .iter()
+                .map(|m| vast_transform_sdk::message(topic, m.offset, m.payload.clone()))
+                .collect();
+            let runs = (0..opts.runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    let mut stats = vast_transform_sdk::Stats::default();
+                    let rows: usize = native
+                        .iter()
+                        .map(|m| match f(m, &mut stats) {
+                            vast_transform_sdk::Outcome::Rows(r) => r.len(),
+                            _ => 0,
+                        })
+                        .sum();
+                    (t.elapsed(), native.len(), rows, bytes)
+                })
+                .collect();
+            out.push(report(summarize(topic, "b. native".into(), runs)));
+        }
         // (c) full in-process path, one worker.
-        let mut runs = Vec::new();
-        for _ in 0..opts.runs {
-            let (d, rows) = full_path(&s, &msgs, &dir)?;
-            runs.push((d, msgs.len(), rows, bytes));
+        if opts.wants('c') {
+            let mut runs = Vec::new();
+            for _ in 0..opts.runs {
+                let (d, rows) = full_path(&s, &msgs, &dir)?;
+                runs.push((d, msgs.len(), rows, bytes));
+            }
+            out.push(report(summarize(
+                topic,
+                "c. full path, 1 worker".into(),
+                runs,
+            )));
         }
-        out.push(report(summarize(
-            topic,
-            "c. full path, 1 worker".into(),
-            runs,
-        )));
         // (d) the same on every worker, each with its own share.
-        let mut runs = Vec::new();
-        for _ in 0..opts.runs {
-            let t = Instant::now();
-            let rows: usize = std::thread::scope(|sc| {
-                let handles: Vec<_> = (0..opts.workers)
-                    .map(|_| sc.spawn(|| full_path(&s, &msgs, &dir).map(|(_, r)| r)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("bench worker panicked").unwrap_or(0))
-                    .sum()
-            });
-            runs.push((
-                t.elapsed(),
-                msgs.len() * opts.workers,
-                rows,
-                bytes * opts.workers,
-            ));
+        if opts.wants('d') {
+            let mut runs = Vec::new();
+            for _ in 0..opts.runs {
+                let t = Instant::now();
+                let rows: usize = std::thread::scope(|sc| {
+                    let handles: Vec<_> = (0..opts.workers)
+                        .map(|_| sc.spawn(|| full_path(&s, &msgs, &dir).map(|(_, r)| r)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("bench worker panicked").unwrap_or(0))
+                        .sum()
+                });
+                runs.push((
+                    t.elapsed(),
+                    msgs.len() * opts.workers,
+                    rows,
+                    bytes * opts.workers,
+                ));
+            }
+            out.push(report(summarize(
+                topic,
+                format!("d. full path, {} workers", opts.workers),
+                runs,
+            )));
         }
-        out.push(report(summarize(
-            topic,
-            format!("d. full path, {} workers", opts.workers),
-            runs,
-        )));
     }
-    if let Some(addr) = &opts.bootstrap {
+    if let Some(addr) = opts.bootstrap.as_ref().filter(|_| opts.wants('e')) {
         out.push(report(end_to_end(addr, engine, opts)?));
     }
     println!(

@@ -49,7 +49,7 @@ impl Tags {
         if alert {
             self.set("requires_alert", "true");
         }
-        if event_type.is_some_and(|t| t.contains("deadlock")) {
+        if event_type.is_some_and(|t| json::contains(t, "deadlock")) {
             self.set("category", "database_concurrency");
         }
     }

@@ -230,7 +230,7 @@ fn with_query_hash(payload: Option<&RawValue>, hash: &str) -> Result<String, Str
         return Ok(format!("{{\"query_hash\":{quoted}}}"));
     };
     let text = raw.get();
-    if !text.contains("\"query_hash\"") {
+    if !json::contains(text, "\"query_hash\"") {
         // Fast path: splice the new member in before the closing brace, no re-serialisation.
         let body = text[1..text.len() - 1].trim();
         let sep = if body.is_empty() { "" } else { "," };
@@ -293,11 +293,11 @@ fn try_raw_queries(payload: &[u8]) -> Result<Outcome, String> {
     let attributes = match query.as_deref() {
         Some(q) => {
             let lower = q.to_lowercase();
-            if lower.contains("select") {
+            if json::contains(&lower, "select") {
                 common.tags.set("query_type", "read");
             } else if ["insert", "update", "delete"]
                 .iter()
-                .any(|w| lower.contains(w))
+                .any(|w| json::contains(&lower, w))
             {
                 common.tags.set("query_type", "write");
             }
@@ -469,7 +469,7 @@ fn try_otel_metrics(payload: &[u8], stats: &mut Stats) -> Result<Outcome, String
                         tags.set(&kv.key, s.clone());
                     }
                 }
-                if m.name.contains("error") && value > 0.0 {
+                if json::contains(&m.name, "error") && value > 0.0 {
                     tags.set("severity", "warning");
                 }
                 Row::Metric(Metric {

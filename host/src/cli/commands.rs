@@ -424,6 +424,18 @@ pub struct BenchArgs {
     /// A Kafka broker for the end-to-end measurement (skipped without it).
     #[arg(long)]
     pub bootstrap: Option<String>,
+    /// Measure only these scenarios (a, b, c, d, e; repeatable or comma-separated; default: all).
+    #[arg(long = "scenario", value_delimiter = ',', value_parser = parse_scenario)]
+    pub scenarios: Vec<char>,
+}
+
+fn parse_scenario(s: &str) -> Result<char, String> {
+    match s.trim() {
+        one @ ("a" | "b" | "c" | "d" | "e") => Ok(one.chars().next().unwrap_or('a')),
+        other => Err(format!(
+            "unknown scenario `{other}`: expected one of a, b, c, d, e"
+        )),
+    }
 }
 
 /// `vast-processor bench`.
@@ -450,6 +462,7 @@ pub fn bench(args: &BenchArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         bootstrap: args.bootstrap.clone(),
+        scenarios: args.scenarios.clone(),
     };
     crate::bench::run(&opts, &engine)?;
     Ok(ExitCode::SUCCESS)
