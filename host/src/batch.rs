@@ -9,6 +9,7 @@ use arrow_array::builder::{
 use arrow_array::types::ArrowPrimitiveType;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -184,25 +185,27 @@ pub fn write_tags(buf: &mut String, tags: &[(String, String)]) {
 }
 
 fn write_json_str(buf: &mut String, s: &str) {
+    // Every character JSON requires escaping is ASCII, so scanning bytes is exact for UTF-8,
+    // and runs without escapes (nearly all tag text) are copied in one piece.
     buf.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => {
-                buf.push_str(&s[start..i]);
-                buf.push_str(&format!("\\u{:04x}", c as u32));
-                start = i + c.len_utf8();
-                continue;
-            }
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
             _ => continue,
         };
         buf.push_str(&s[start..i]);
-        buf.push_str(esc);
+        if esc.is_empty() {
+            let _ = write!(buf, "\\u{b:04x}");
+        } else {
+            buf.push_str(esc);
+        }
         start = i + 1;
     }
     buf.push_str(&s[start..]);

@@ -283,7 +283,11 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
             };
             let part = &msgs[..n];
             let part_bytes: usize = part.iter().map(|m| m.payload.len()).sum();
-            let mut inst = TransformInstance::new(s.module.clone(), InstanceSettings::default())?;
+            // The worker never sends more than 1024 messages per call; 10,000 raw-host-logs
+            // messages need ~100 MiB of guest memory, over the default 64 MiB limit.
+            let mut settings = InstanceSettings::default();
+            settings.limits.memory_mib = 256;
+            let mut inst = TransformInstance::new(s.module.clone(), settings)?;
             inst.process(&part[..batch.min(n)], 0);
             let runs = (0..opts.runs)
                 .map(|_| {

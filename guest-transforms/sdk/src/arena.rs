@@ -16,17 +16,24 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
 /// Chunks are never more than this many; past it, allocations fall back to talc.
-const MAX_CHUNKS: usize = 24;
+const MAX_CHUNKS: usize = 32;
 const FIRST_CHUNK: usize = 256 * 1024;
+/// Chunks double up to this size and stay there: doubling without a cap reserved up to twice
+/// what a large batch needed, which pushed a 10,000-message raw-host-logs batch past the
+/// default 64 MiB memory limit.
+const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Larger allocations (decompression state and buffers, big vectors) go to talc even inside
 /// a scope: they are few, often per-message temporaries, and would bloat the arena.
 const MAX_ARENA_ALLOC: usize = 2048;
 
 struct Arena {
     active: bool,
+    /// (start, length) of every chunk held, in the order they are filled.
     chunks: [(usize, usize); MAX_CHUNKS],
     n: usize,
-    /// Offset of the next free byte in the last chunk.
+    /// The chunk being filled.
+    cur: usize,
+    /// Offset of the next free byte in the current chunk.
     top: usize,
     /// Start of the most recent allocation (it can grow in place).
     last: usize,
@@ -50,6 +57,7 @@ impl GuestAllocator {
                 active: false,
                 chunks: [(0, 0); MAX_CHUNKS],
                 n: 0,
+                cur: 0,
                 top: 0,
                 last: 0,
             }),
@@ -73,59 +81,60 @@ impl GuestAllocator {
 
     unsafe fn bump(&self, layout: Layout) -> *mut u8 {
         let a = self.arena();
-        if a.n > 0 {
-            let (start, len) = a.chunks[a.n - 1];
-            // Alignments are powers of two: a mask, not `next_multiple_of`, whose remainder
-            // is an integer division (tens of cycles, on every allocation).
-            let mask = layout.align() - 1;
-            let begin = (start + a.top + mask) & !mask;
-            if begin + layout.size() <= start + len {
-                a.top = begin + layout.size() - start;
-                a.last = begin;
-                return begin as *mut u8;
-            }
-        }
-        if a.n == MAX_CHUNKS {
-            return unsafe { self.talc.alloc(layout) };
-        }
-        let prev = if a.n > 0 { a.chunks[a.n - 1].1 } else { 0 };
-        let size = (prev * 2).max(FIRST_CHUNK);
-        let Ok(chunk_layout) = Layout::from_size_align(size, 16) else {
-            return core::ptr::null_mut();
-        };
-        let chunk = unsafe { self.talc.alloc(chunk_layout) };
-        if chunk.is_null() {
-            return chunk;
-        }
-        a.chunks[a.n] = (chunk as usize, size);
-        a.n += 1;
-        a.top = 0;
-        unsafe { self.bump(layout) }
-    }
-
-    /// Rewind the arena (called between batches). Several chunks are merged into one big
-    /// enough for the whole previous batch, so the next one usually bumps from one chunk.
-    fn reset(&self) {
-        let a = self.arena();
-        if a.n > 1 {
-            let total: usize = a.chunks[..a.n].iter().map(|c| c.1).sum();
-            for &(start, len) in &a.chunks[..a.n] {
-                // SAFETY: each chunk came from talc with this layout.
-                unsafe {
-                    self.talc
-                        .dealloc(start as *mut u8, Layout::from_size_align_unchecked(len, 16))
-                };
-            }
-            a.n = 0;
-            if let Ok(layout) = Layout::from_size_align(total, 16) {
-                // SAFETY: a non-zero size and a valid alignment.
-                let chunk = unsafe { self.talc.alloc(layout) };
-                if !chunk.is_null() {
-                    a.chunks[0] = (chunk as usize, total);
-                    a.n = 1;
+        // Alignments are powers of two: a mask, not `next_multiple_of`, whose remainder is an
+        // integer division (tens of cycles, on every allocation).
+        let mask = layout.align() - 1;
+        loop {
+            if a.cur < a.n {
+                let (start, len) = a.chunks[a.cur];
+                let begin = (start + a.top + mask) & !mask;
+                if begin + layout.size() <= start + len {
+                    a.top = begin + layout.size() - start;
+                    a.last = begin;
+                    return begin as *mut u8;
+                }
+                // This chunk is full: move on to the next one kept from earlier batches.
+                if a.cur + 1 < a.n {
+                    a.cur += 1;
+                    a.top = 0;
+                    continue;
                 }
             }
+            if a.n == MAX_CHUNKS {
+                return unsafe { self.talc.alloc(layout) };
+            }
+            let size = match a.n {
+                0 => FIRST_CHUNK,
+                n => (a.chunks[n - 1].1 * 2).min(MAX_CHUNK),
+            };
+            // SAFETY: a non-zero size and a valid alignment.
+            let chunk = unsafe { self.talc.alloc(Layout::from_size_align_unchecked(size, 16)) };
+            if chunk.is_null() {
+                // Near the memory limit a whole chunk may not fit where this allocation does.
+                return unsafe { self.talc.alloc(layout) };
+            }
+            a.chunks[a.n] = (chunk as usize, size);
+            a.cur = a.n;
+            a.n += 1;
+            a.top = 0;
         }
+    }
+
+    /// Rewind the arena (called between batches). The chunks the previous batch filled are
+    /// kept for the next one; chunks it did not reach are returned to talc, so one unusually
+    /// large batch does not hold its memory for good.
+    fn reset(&self) {
+        let a = self.arena();
+        let keep = if a.n == 0 { 0 } else { a.cur + 1 };
+        for &(start, len) in &a.chunks[keep..a.n] {
+            // SAFETY: each chunk came from talc with this layout.
+            unsafe {
+                self.talc
+                    .dealloc(start as *mut u8, Layout::from_size_align_unchecked(len, 16))
+            };
+        }
+        a.n = keep;
+        a.cur = 0;
         a.top = 0;
         a.last = 0;
     }
@@ -160,7 +169,7 @@ unsafe impl GlobalAlloc for GuestAllocator {
         } else {
             // The latest allocation grows (or shrinks) in place when its chunk has room.
             let a = self.arena();
-            let (start, len) = a.chunks[a.n - 1];
+            let (start, len) = a.chunks[a.cur];
             if a.active
                 && ptr as usize == a.last
                 && new_size <= MAX_ARENA_ALLOC
