@@ -74,9 +74,10 @@ impl GuestAllocator {
     fn in_arena(&self, ptr: *mut u8) -> bool {
         let a = self.arena();
         let p = ptr as usize;
-        a.chunks[..a.n]
-            .iter()
-            .any(|&(start, len)| p >= start && p < start + len)
+        // Most frees (the host's post-return drops every output string) hit the chunk filled
+        // last: look there before walking the list.
+        let within = |&(start, len): &(usize, usize)| p >= start && p < start + len;
+        (a.cur < a.n && within(&a.chunks[a.cur])) || a.chunks[..a.n].iter().any(within)
     }
 
     unsafe fn bump(&self, layout: Layout) -> *mut u8 {

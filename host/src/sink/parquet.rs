@@ -30,6 +30,8 @@ pub fn writer_properties() -> WriterProperties {
     for col in ["tags", "message"] {
         b = b.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
     }
+    // Event times are nearly unique (no dictionary), but their min/max prune time ranges.
+    b = b.set_column_dictionary_enabled(ColumnPath::from("timestamp"), false);
     b.build()
 }
 
