@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub bootstrap: Option<String>,
     /// Scenarios to measure, by letter (`a`, `b`, `c`, `d`, `e`); empty means all.
     pub scenarios: Vec<char>,
+    /// Batch sizes for scenario a; empty means 1, 100, 1000 and 10000.
+    pub batches: Vec<usize>,
 }
 
 impl BenchOptions {
@@ -272,7 +274,12 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
         let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
         let s = spec(engine, topic)?;
         // (a) transform only, through wasm, by batch size.
-        for batch in [1usize, 100, 1000, 10_000] {
+        let batches = if opts.batches.is_empty() {
+            vec![1usize, 100, 1000, 10_000]
+        } else {
+            opts.batches.clone()
+        };
+        for batch in batches {
             if !opts.wants('a') {
                 break;
             }

@@ -427,6 +427,9 @@ pub struct BenchArgs {
     /// Measure only these scenarios (a, b, c, d, e; repeatable or comma-separated; default: all).
     #[arg(long = "scenario", value_delimiter = ',', value_parser = parse_scenario)]
     pub scenarios: Vec<char>,
+    /// Batch sizes for scenario a (repeatable or comma-separated; default: 1,100,1000,10000).
+    #[arg(long = "batch", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches: Vec<u64>,
 }
 
 fn parse_scenario(s: &str) -> Result<char, String> {
@@ -463,6 +466,7 @@ pub fn bench(args: &BenchArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         bootstrap: args.bootstrap.clone(),
         scenarios: args.scenarios.clone(),
+        batches: args.batches.iter().map(|&b| b as usize).collect(),
     };
     crate::bench::run(&opts, &engine)?;
     Ok(ExitCode::SUCCESS)
