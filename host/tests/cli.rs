@@ -366,6 +366,36 @@ fn a_dotenv_file_in_the_working_directory_is_read() {
     );
 }
 
+/// `--scenario` and `--batch` narrow the bench down (for profiling one line at a time);
+/// an unknown scenario or a zero batch is refused.
+#[test]
+fn bench_scenario_and_batch_select_lines() {
+    let out = vp(&[
+        "bench",
+        "--topic",
+        "raw-logs",
+        "--messages",
+        "30",
+        "--runs",
+        "1",
+        "--scenario",
+        "a,c",
+        "--batch",
+        "7",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    let lines: Vec<&str> = report.lines().filter(|l| l.contains("msgs/s")).collect();
+    assert_eq!(lines.len(), 2, "{report}");
+    assert!(lines[0].contains("a. wasm, batch 7 "), "{report}");
+    assert!(lines[1].contains("c. full path, 1 worker"), "{report}");
+    for bad in [["--scenario", "x"], ["--batch", "0"]] {
+        let out = vp(&["bench", "--messages", "1", bad[0], bad[1]]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(text(&out.stderr).contains(bad[1]), "{}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn bench_runs_every_scenario_and_prints_figures() {
     let out = vp(&[
