@@ -3,10 +3,8 @@
 
 use crate::wasm::{Event, Metric, Row};
 use arrow_array::builder::{
-    ArrayBuilder, Float64Builder, Int32Builder, Int64Builder, PrimitiveBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::types::ArrowPrimitiveType;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::fmt::Write as _;
@@ -123,44 +121,10 @@ impl LineageBuilders {
         self.version.append_value(l.version);
     }
     fn finish(&mut self, cols: &mut Vec<ArrayRef>) {
-        cols.push(take(&mut self.topic));
-        cols.push(take(&mut self.partition));
-        cols.push(take(&mut self.offset));
-        cols.push(take(&mut self.version));
-    }
-}
-
-/// Finish a column and start the next batch's builder sized like it.
-///
-/// Batches of one pipeline are alike; a builder that starts empty grows by doubling, which
-/// copies every buffer again and touches fresh pages each time (realloc and the kernel's
-/// page zeroing were ~15% of the full path). The capacity is only reserved, not touched,
-/// so it costs no resident memory until rows arrive.
-fn take<B: Column>(b: &mut B) -> ArrayRef {
-    let next = b.sized_like();
-    std::mem::replace(b, next).finish_array()
-}
-
-trait Column {
-    fn sized_like(&self) -> Self;
-    fn finish_array(self) -> ArrayRef;
-}
-
-impl Column for StringBuilder {
-    fn sized_like(&self) -> Self {
-        StringBuilder::with_capacity(self.len(), self.values_slice().len())
-    }
-    fn finish_array(mut self) -> ArrayRef {
-        Arc::new(self.finish())
-    }
-}
-
-impl<T: ArrowPrimitiveType> Column for PrimitiveBuilder<T> {
-    fn sized_like(&self) -> Self {
-        PrimitiveBuilder::<T>::with_capacity(self.len())
-    }
-    fn finish_array(mut self) -> ArrayRef {
-        Arc::new(self.finish())
+        cols.push(Arc::new(self.topic.finish()));
+        cols.push(Arc::new(self.partition.finish()));
+        cols.push(Arc::new(self.offset.finish()));
+        cols.push(Arc::new(self.version.finish()));
     }
 }
 
@@ -361,17 +325,17 @@ impl TableBatcher {
         if self.events.rows > 0 {
             let b = &mut self.events;
             let mut cols: Vec<ArrayRef> = vec![
-                take(&mut b.timestamp),
-                take(&mut b.entity_id),
-                take(&mut b.event_type),
-                take(&mut b.source),
-                take(&mut b.environment),
-                take(&mut b.message),
-                take(&mut b.tags),
-                take(&mut b.attributes),
-                take(&mut b.trace_id),
-                take(&mut b.id),
-                take(&mut b.created_at),
+                Arc::new(b.timestamp.finish()),
+                Arc::new(b.entity_id.finish()),
+                Arc::new(b.event_type.finish()),
+                Arc::new(b.source.finish()),
+                Arc::new(b.environment.finish()),
+                Arc::new(b.message.finish()),
+                Arc::new(b.tags.finish()),
+                Arc::new(b.attributes.finish()),
+                Arc::new(b.trace_id.finish()),
+                Arc::new(b.id.finish()),
+                Arc::new(b.created_at.finish()),
             ];
             if self.lineage {
                 b.lineage.finish(&mut cols);
@@ -384,18 +348,18 @@ impl TableBatcher {
         if self.metrics.rows > 0 {
             let b = &mut self.metrics;
             let mut cols: Vec<ArrayRef> = vec![
-                take(&mut b.metric_name),
-                take(&mut b.entity_id),
-                take(&mut b.timestamp),
-                take(&mut b.source),
-                take(&mut b.environment),
-                take(&mut b.metric_value),
-                take(&mut b.metric_type),
-                take(&mut b.unit),
-                take(&mut b.tags),
-                take(&mut b.metadata),
-                take(&mut b.created_at),
-                take(&mut b.id),
+                Arc::new(b.metric_name.finish()),
+                Arc::new(b.entity_id.finish()),
+                Arc::new(b.timestamp.finish()),
+                Arc::new(b.source.finish()),
+                Arc::new(b.environment.finish()),
+                Arc::new(b.metric_value.finish()),
+                Arc::new(b.metric_type.finish()),
+                Arc::new(b.unit.finish()),
+                Arc::new(b.tags.finish()),
+                Arc::new(b.metadata.finish()),
+                Arc::new(b.created_at.finish()),
+                Arc::new(b.id.finish()),
             ];
             if self.lineage {
                 b.lineage.finish(&mut cols);
