@@ -31,6 +31,20 @@ pub struct BenchOptions {
     pub scenarios: Vec<char>,
     /// Batch sizes for scenario a; empty means 1, 100, 1000 and 10000.
     pub batches: Vec<usize>,
+    /// CPU deadline per transform call instead of the default (under valgrind a call runs
+    /// ~50x slower and would hit it, making counts depend on timing).
+    pub deadline_ms: Option<u64>,
+}
+
+impl BenchOptions {
+    /// Instance settings for a measurement: the defaults, with the deadline override.
+    fn settings(&self) -> InstanceSettings {
+        let mut s = InstanceSettings::default();
+        if let Some(ms) = self.deadline_ms {
+            s.limits.deadline_ms = ms;
+        }
+        s
+    }
 }
 
 impl BenchOptions {
@@ -213,7 +227,11 @@ fn vm_hwm_kib(status: &str) -> Option<f64> {
         .ok()
 }
 
-fn spec(engine: &TransformEngine, topic: &str) -> anyhow::Result<PipelineSpec> {
+fn spec(
+    engine: &TransformEngine,
+    topic: &str,
+    opts: &BenchOptions,
+) -> anyhow::Result<PipelineSpec> {
     let module = engine.load(
         topic,
         crate::registry::bundled_bytes(topic)
@@ -223,7 +241,7 @@ fn spec(engine: &TransformEngine, topic: &str) -> anyhow::Result<PipelineSpec> {
         topic,
         topic,
         module,
-        InstanceSettings::default(),
+        opts.settings(),
         None,
         BatchConfig::default(),
         Default::default(),
@@ -272,7 +290,7 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
     for topic in &opts.topics {
         let msgs = messages(topic, opts.messages);
         let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
-        let s = spec(engine, topic)?;
+        let s = spec(engine, topic, opts)?;
         // (a) transform only, through wasm, by batch size.
         let batches = if opts.batches.is_empty() {
             vec![1usize, 100, 1000, 10_000]
@@ -292,7 +310,7 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
             let part_bytes: usize = part.iter().map(|m| m.payload.len()).sum();
             // The worker never sends more than 1024 messages per call; 10,000 raw-host-logs
             // messages need ~100 MiB of guest memory, over the default 64 MiB limit.
-            let mut settings = InstanceSettings::default();
+            let mut settings = opts.settings();
             settings.limits.memory_mib = 256;
             let mut inst = TransformInstance::new(s.module.clone(), settings)?;
             inst.process(&part[..batch.min(n)], 0);

@@ -430,6 +430,10 @@ pub struct BenchArgs {
     /// Batch sizes for scenario a (repeatable or comma-separated; default: 1,100,1000,10000).
     #[arg(long = "batch", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub batches: Vec<u64>,
+    /// CPU deadline per transform call, in milliseconds (default: the pipeline default).
+    /// For running under valgrind, which slows calls down ~50x.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub deadline_ms: Option<u64>,
 }
 
 fn parse_scenario(s: &str) -> Result<char, String> {
@@ -467,6 +471,7 @@ pub fn bench(args: &BenchArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
         bootstrap: args.bootstrap.clone(),
         scenarios: args.scenarios.clone(),
         batches: args.batches.iter().map(|&b| b as usize).collect(),
+        deadline_ms: args.deadline_ms,
     };
     crate::bench::run(&opts, &engine)?;
     Ok(ExitCode::SUCCESS)
