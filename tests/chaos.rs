@@ -43,9 +43,7 @@ fn ten_kills_at_random_moments_lose_nothing() {
     let mut rng = vast_processor::generate::Rng::new(2026);
     for round in 0..10 {
         let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
-        wait_until(Duration::from_secs(60), "group join", || {
-            p.log_text().contains("partitions assigned")
-        });
+        p.wait_joined("group join");
         std::thread::sleep(Duration::from_millis(200 + rng.below(1300)));
         if round % 3 == 1 {
             // Kill right after a hot swap.

@@ -55,9 +55,7 @@ fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
     let cfg = test_config(&broker, "e2e-disk", &["raw-logs"], "")
         .replace("max_rows = 5000", "max_rows = 100");
     let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
-    wait_until(Duration::from_secs(60), "group join", || {
-        p.log_text().contains("partitions assigned")
-    });
+    p.wait_joined("group join");
     let mut produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 300, 0, 31));
     wait_until(Duration::from_secs(60), "first records", || {
         landed(&data).len() == 300
@@ -140,9 +138,7 @@ fn a_full_disk_holds_commits_back_and_recovers() {
     let cfg = test_config(&broker, "e2e-full", &["raw-logs"], "")
         .replace("max_rows = 5000", "max_rows = 100");
     let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
-    wait_until(Duration::from_secs(60), "group join", || {
-        p.log_text().contains("partitions assigned")
-    });
+    p.wait_joined("group join");
     let admin = admin_addr(&p.log_text()).expect("admin address in the log");
     let mut produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 300, 0, 41));
     wait_until(Duration::from_secs(60), "first records", || {
@@ -206,9 +202,7 @@ fn the_processor_reconnects_after_the_broker_restarts() {
     let cfg = test_config(&broker, "e2e-restart", &["raw-logs"], "")
         .replace("dead_letter_topic = \"raw-logs-dlq\"\n", "");
     let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
-    wait_until(Duration::from_secs(60), "group join", || {
-        p.log_text().contains("partitions assigned")
-    });
+    p.wait_joined("group join");
     produce(&broker.addr, "raw-logs", &generated("raw-logs", 100, 0, 41));
     wait_until(Duration::from_secs(60), "first records", || {
         rows(&data, Table::Events).len() == 100

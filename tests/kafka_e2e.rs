@@ -294,9 +294,7 @@ fn kill_9_mid_stream_loses_nothing() {
     let config = test_config(&broker, "e2e-kill", &["raw-logs"], "")
         .replace("max_rows = 5000", "max_rows = 200");
     let mut p = Processor::start(VP, dir.path(), &config, &data, &[]);
-    wait_until(Duration::from_secs(60), "group join", || {
-        p.log_text().contains("partitions assigned")
-    });
+    p.wait_joined("group join");
     // Produce in paced chunks while the processor runs, and kill it mid-stream.
     let records = generated("raw-logs", 6000, 500, 9);
     let mut produced = Vec::new();
@@ -366,9 +364,7 @@ fn two_instances_share_partitions_and_a_rebalance_loses_nothing() {
     let data = dir.path().join("data");
     let config = test_config(&broker, "e2e-two", &["raw-queries"], "");
     let mut a = Processor::start(VP, dir.path(), &config, &data, &[]);
-    wait_until(Duration::from_secs(60), "first instance joins", || {
-        a.log_text().contains("partitions assigned")
-    });
+    a.wait_joined("first instance joins");
     let records = generated("raw-queries", 2000, 0, 3);
     let mut produced = Vec::new();
     let mut b = None;
@@ -380,11 +376,7 @@ fn two_instances_share_partitions_and_a_rebalance_loses_nothing() {
         }
     }
     let mut b = b.unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        "second instance gets partitions",
-        || b.log_text().contains("partitions assigned"),
-    );
+    b.wait_joined("second instance gets partitions");
     let exp = expected(&engine(), &produced);
     wait_until(Duration::from_secs(90), "every row to land", || {
         let ids: HashSet<String> = all_rows(&data)

@@ -356,6 +356,14 @@ impl Processor {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Wait until the consumer group gave this process partitions (tansu takes about half
+    /// the session timeout to complete a join).
+    pub fn wait_joined(&self, what: &str) {
+        wait_until(Duration::from_secs(60), what, || {
+            self.log_text().contains("partitions assigned")
+        });
+    }
 }
 
 impl Drop for Processor {

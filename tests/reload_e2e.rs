@@ -58,6 +58,17 @@ fn hash12(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// A raw-logs pipeline whose transform is `transform_line`, watched for changes (200 ms
+/// debounce) and shadow-checked on `shadow` messages before a swap.
+fn reload_config(broker: &Broker, group: &str, transform_line: &str, shadow: u32) -> String {
+    test_config(broker, group, &["raw-logs"], "")
+        .replace("transform = \"raw-logs\"", transform_line)
+        .replace(
+            "[runtime]",
+            &format!("[reload]\ndebounce_ms = 200\nshadow_messages = {shadow}\n[runtime]"),
+        )
+}
+
 fn transforms(addr: &str) -> Value {
     serde_json::from_str(&http_get(addr, "/transforms").1).unwrap()
 }
@@ -72,20 +83,15 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
     let wasm = dir.path().join("transforms/raw-logs.wasm");
     let raw_logs = vast_guest_artifacts::RAW_LOGS.to_vec();
     std::fs::write(&wasm, &raw_logs).unwrap();
-    let cfg = test_config(&broker, "e2e-reload", &["raw-logs"], "")
-        .replace(
-            "transform = \"raw-logs\"",
-            "transform = \"transforms/raw-logs.wasm\"",
-        )
-        .replace(
-            "[runtime]",
-            "[reload]\ndebounce_ms = 200\nshadow_messages = 100\n[runtime]",
-        );
+    let cfg = reload_config(
+        &broker,
+        "e2e-reload",
+        "transform = \"transforms/raw-logs.wasm\"",
+        100,
+    );
     let data = dir.path().join("data");
     let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
-    wait_until(Duration::from_secs(60), "group join", || {
-        p.log_text().contains("partitions assigned")
-    });
+    p.wait_joined("group join");
     let addr = admin_addr(&p.log_text()).expect("admin address in the log");
 
     // Continuous load.
@@ -315,21 +321,15 @@ fn enrichment_and_config_edits_on_disk_are_swapped_under_load() {
     let csv = |team: &str| format!("entity_id,team,owner\npg-1,{team},ann@example.com\n");
     std::fs::write(dir.path().join("teams.csv"), csv("alpha")).unwrap();
     std::fs::write(dir.path().join("teams2.csv"), csv("gamma")).unwrap();
-    let cfg = test_config(&broker, "e2e-reload-config", &["raw-logs"], "")
-        .replace(
-            "transform = \"raw-logs\"",
-            "transform = \"transforms/team.wasm\"\nconfig = { table = \"teams\" }",
-        )
-        .replace(
-            "[runtime]",
-            "[reload]\ndebounce_ms = 200\nshadow_messages = 50\n[runtime]",
-        )
-        + "[pipelines.enrichment.teams]\npath = \"teams.csv\"\nkey = \"entity_id\"\n";
+    let cfg = reload_config(
+        &broker,
+        "e2e-reload-config",
+        "transform = \"transforms/team.wasm\"\nconfig = { table = \"teams\" }",
+        50,
+    ) + "[pipelines.enrichment.teams]\npath = \"teams.csv\"\nkey = \"entity_id\"\n";
     let data = dir.path().join("data");
     let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
-    wait_until(Duration::from_secs(60), "group join", || {
-        p.log_text().contains("partitions assigned")
-    });
+    p.wait_joined("group join");
     let load = Load::start(
         &broker.addr,
         "raw-logs",

@@ -110,9 +110,7 @@ fn a_30_second_outage_loses_nothing_and_commits_nothing_early() {
     let cfg = test_config(&broker, "e2e-outage", &["raw-logs"], "");
     let mut p =
         Processor::start_with_env(VP, dir.path(), &cfg, &data, &[], &vast_env(&sim, SECRET));
-    wait_until(Duration::from_secs(60), "group join", || {
-        p.log_text().contains("partitions assigned")
-    });
+    p.wait_joined("group join");
     let records = generated("raw-logs", 1200, 0, 8);
     let mut produced = produce(&broker.addr, "raw-logs", &records[..300]);
     wait_until(Duration::from_secs(60), "first rows", || {

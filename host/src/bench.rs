@@ -45,9 +45,7 @@ impl BenchOptions {
         }
         s
     }
-}
 
-impl BenchOptions {
     /// Whether scenario `letter` is selected.
     pub fn wants(&self, letter: char) -> bool {
         self.scenarios.is_empty() || self.scenarios.contains(&letter)
@@ -292,15 +290,12 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
         let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
         let s = spec(engine, topic, opts)?;
         // (a) transform only, through wasm, by batch size.
-        let batches = if opts.batches.is_empty() {
-            vec![1usize, 100, 1000, 10_000]
-        } else {
-            opts.batches.clone()
+        let batches = match (opts.wants('a'), opts.batches.is_empty()) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![1usize, 100, 1000, 10_000],
+            (true, false) => opts.batches.clone(),
         };
         for batch in batches {
-            if !opts.wants('a') {
-                break;
-            }
             let n = if batch == 1 {
                 msgs.len().min(20_000)
             } else {

@@ -32,15 +32,20 @@ fn config(endpoint: &str, secret: &str) -> VastConfig {
     }
 }
 
-/// A sink on the simulator with the schema and tables created.
-fn bootstrapped(sim: &Simulator) -> VastSink {
-    let sink = VastSink::connect(
+/// A sink on the simulator's `vastdb`/`observability` (schema and tables left as they are).
+fn connect(sim: &Simulator) -> VastSink {
+    VastSink::connect(
         &config(&sim.endpoint(), SECRET),
         "vastdb",
         "observability",
         true,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A sink on the simulator with the schema and tables created.
+fn bootstrapped(sim: &Simulator) -> VastSink {
+    let sink = connect(sim);
     sink.bootstrap().unwrap();
     sink
 }
@@ -251,13 +256,7 @@ fn a_table_missing_columns_gets_them_and_inserts_succeed() {
             .collect::<Vec<_>>(),
     );
     sim.create_table("vastdb", "observability", "events", old);
-    let sink = VastSink::connect(
-        &config(&sim.endpoint(), SECRET),
-        "vastdb",
-        "observability",
-        true,
-    )
-    .unwrap();
+    let sink = connect(&sim);
     let (exists, reports) = sink.inspect().unwrap();
     assert!(exists);
     assert_eq!(
@@ -291,13 +290,7 @@ fn a_column_of_another_type_is_a_fatal_schema_mismatch() {
         "events",
         arrow_schema::Schema::new(fields),
     );
-    let sink = VastSink::connect(
-        &config(&sim.endpoint(), SECRET),
-        "vastdb",
-        "observability",
-        true,
-    )
-    .unwrap();
+    let sink = connect(&sim);
     let err = sink.write(&events(&["z"])).unwrap_err();
     assert!(
         matches!(&err, SinkError::Fatal { message, .. } if message.contains("column `message`")),

@@ -126,7 +126,7 @@ impl GuestAllocator {
     /// large batch does not hold its memory for good.
     fn reset(&self) {
         let a = self.arena();
-        let keep = if a.n == 0 { 0 } else { a.cur + 1 };
+        let keep = (a.cur + 1).min(a.n);
         for &(start, len) in &a.chunks[keep..a.n] {
             // SAFETY: each chunk came from talc with this layout.
             unsafe {

@@ -179,6 +179,15 @@ mod tests {
     }
 
     #[test]
+    fn contains_finds_substrings() {
+        assert!(contains("mysql deadlocks", "deadlock"));
+        assert!(contains("héllo wörld", "wö"));
+        assert!(contains("x", ""));
+        assert!(!contains("dead lock", "deadlock"));
+        assert!(!contains("", "a"));
+    }
+
+    #[test]
     fn members_keep_order_and_last_duplicate() {
         let r = raw(r#"{"b":1,"a":"x","b":2}"#);
         let m = members(&r).unwrap();

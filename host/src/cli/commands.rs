@@ -438,7 +438,7 @@ pub struct BenchArgs {
 
 fn parse_scenario(s: &str) -> Result<char, String> {
     match s.trim() {
-        one @ ("a" | "b" | "c" | "d" | "e") => Ok(one.chars().next().unwrap_or('a')),
+        one @ ("a" | "b" | "c" | "d" | "e") => Ok(char::from(one.as_bytes()[0])),
         other => Err(format!(
             "unknown scenario `{other}`: expected one of a, b, c, d, e"
         )),

@@ -251,7 +251,7 @@ mod tests {
             .path()
             .join("events")
             .join(format!("date={}", utc_date_today()));
-        let names: Vec<String> = std::fs::read_dir(day)
+        let names: Vec<String> = std::fs::read_dir(&day)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -260,6 +260,33 @@ mod tests {
             names[0].ends_with(".parquet") && !names[0].starts_with('.'),
             "{names:?}"
         );
+
+        // The written column chunks follow writer_properties(): per-row-unique columns have
+        // no dictionary and no statistics; event times keep statistics (time pruning).
+        let file = File::open(day.join(&names[0])).unwrap();
+        let meta = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+        let meta = parquet::file::reader::FileReader::metadata(&meta);
+        let rg = meta.row_group(0);
+        let col = |name: &str| {
+            (0..rg.num_columns())
+                .map(|i| rg.column(i))
+                .find(|c| c.column_path().string() == name)
+                .unwrap()
+        };
+        for name in ["id", "attributes", "source_offset"] {
+            let c = col(name);
+            assert!(
+                c.dictionary_page_offset().is_none(),
+                "{name} has a dictionary"
+            );
+            assert!(c.statistics().is_none(), "{name} has statistics");
+        }
+        assert!(col("timestamp").dictionary_page_offset().is_none());
+        assert!(col("timestamp").statistics().is_some());
+        assert!(col("message").statistics().is_none());
+        let entity = col("entity_id");
+        assert!(entity.dictionary_page_offset().is_some());
+        assert!(entity.statistics().is_some());
     }
 
     #[test]
