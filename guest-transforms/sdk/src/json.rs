@@ -19,8 +19,38 @@ pub enum Kind {
     Array,
 }
 
+/// The text of one JSON value exactly as it appears in its document: valid JSON with no
+/// surrounding whitespace. Only a parser makes one, so helpers can rely on that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+
+    /// `text` was checked to be one JSON value by the caller (the scanner).
+    pub(crate) fn validated(text: &'a str) -> Self {
+        Raw(text)
+    }
+}
+
+impl<'a> From<&'a RawValue> for Raw<'a> {
+    fn from(v: &'a RawValue) -> Self {
+        Raw(v.get())
+    }
+}
+
+/// Borrowed from the input, like `&RawValue` (which checks it).
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(Raw::from)
+    }
+}
+
 /// Classify a raw JSON value.
-pub fn kind(raw: &RawValue) -> Kind {
+pub fn kind(raw: Raw<'_>) -> Kind {
     match raw.get().as_bytes().first() {
         Some(b'n') => Kind::Null,
         Some(b't' | b'f') => Kind::Bool,
@@ -32,7 +62,7 @@ pub fn kind(raw: &RawValue) -> Kind {
 }
 
 /// A JSON string value, unescaped only when it contains escapes.
-pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+pub fn as_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     if kind(raw) != Kind::String {
         return None;
     }
@@ -48,7 +78,7 @@ pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 /// original processor formatted values into messages and tags. Strings are unquoted; numbers
 /// keep their JSON spelling; booleans become `true`/`false`; null is `None`;
 /// objects and arrays keep their JSON text.
-pub fn text(raw: &RawValue) -> Cow<'_, str> {
+pub fn text(raw: Raw<'_>) -> Cow<'_, str> {
     match kind(raw) {
         Kind::String => as_str(raw).unwrap_or(Cow::Borrowed("")),
         Kind::Null => Cow::Borrowed("None"),
@@ -57,7 +87,7 @@ pub fn text(raw: &RawValue) -> Cow<'_, str> {
 }
 
 /// Text of a field that should be a string, or `None` when it is missing, null or empty.
-pub fn non_empty_text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+pub fn non_empty_text(raw: Option<Raw<'_>>) -> Option<Cow<'_, str>> {
     let raw = raw?;
     if kind(raw) == Kind::Null {
         return None;
@@ -67,7 +97,7 @@ pub fn non_empty_text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
 }
 
 /// A number given as a JSON number or as a numeric string.
-pub fn as_f64(raw: &RawValue) -> Option<f64> {
+pub fn as_f64(raw: Raw<'_>) -> Option<f64> {
     match kind(raw) {
         Kind::Number => raw.get().parse().ok(),
         Kind::String => as_str(raw)?.trim().parse().ok(),
@@ -77,7 +107,7 @@ pub fn as_f64(raw: &RawValue) -> Option<f64> {
 
 /// Render a count-like value for a message: integers (also integral numeric strings) as
 /// integers, other numbers as given, missing or null as `0`.
-pub fn number_text(raw: Option<&RawValue>) -> Cow<'_, str> {
+pub fn number_text(raw: Option<Raw<'_>>) -> Cow<'_, str> {
     let Some(raw) = raw else {
         return Cow::Borrowed("0");
     };
@@ -112,13 +142,24 @@ pub fn push_json_string(out: &mut String, s: &str) {
 }
 
 /// The members of a JSON object in document order, values left raw.
-#[derive(Debug, Default)]
-pub struct Members<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Members<'a>(pub Vec<(Cow<'a, str>, Raw<'a>)>);
 
 impl<'a> Members<'a> {
     /// The last value given for `key` (JSON objects with duplicate keys keep the last one).
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<Raw<'a>> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The members of the JSON object `text` (whitespace around it allowed), or serde_json's
+    /// error when `text` is not one JSON object.
+    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        match crate::scan::object(text) {
+            Some(m) => Ok(m),
+            // Invalid, or a rare shape the scanner leaves to serde_json: it decides and words
+            // the error.
+            None => serde_json::from_str(text),
+        }
     }
 }
 
@@ -133,7 +174,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
                 // Collector envelopes have 7 members: one allocation instead of three growths.
                 let mut v = Vec::with_capacity(8);
-                while let Some((k, val)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                while let Some((k, val)) = map.next_entry::<Cow<'de, str>, Raw<'de>>()? {
                     v.push((k, val));
                 }
                 Ok(Members(v))
@@ -144,38 +185,38 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 }
 
 /// Parse `raw` as an object's members when it is an object.
-pub fn members(raw: &RawValue) -> Option<Members<'_>> {
+pub fn members(raw: Raw<'_>) -> Option<Members<'_>> {
     if kind(raw) != Kind::Object {
         return None;
     }
-    serde_json::from_str(raw.get()).ok()
+    Members::parse(raw.get()).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_string()).unwrap()
+    fn raw(s: &str) -> Raw<'_> {
+        serde_json::from_str::<&RawValue>(s).unwrap().into()
     }
 
     #[test]
     fn scalars_render_like_python() {
-        assert_eq!(text(&raw(r#""a\"b""#)), "a\"b");
-        assert_eq!(text(&raw("12")), "12");
-        assert_eq!(text(&raw("1.5")), "1.5");
-        assert_eq!(text(&raw("true")), "true");
-        assert_eq!(text(&raw("null")), "None");
+        assert_eq!(text(raw(r#""a\"b""#)), "a\"b");
+        assert_eq!(text(raw("12")), "12");
+        assert_eq!(text(raw("1.5")), "1.5");
+        assert_eq!(text(raw("true")), "true");
+        assert_eq!(text(raw("null")), "None");
     }
 
     #[test]
     fn numbers_from_strings() {
-        assert_eq!(as_f64(&raw(r#"" 12.5 ""#)), Some(12.5));
-        assert_eq!(as_f64(&raw("7")), Some(7.0));
-        assert_eq!(as_f64(&raw(r#""abc""#)), None);
-        assert_eq!(number_text(Some(&raw(r#""42""#))), "42");
+        assert_eq!(as_f64(raw(r#"" 12.5 ""#)), Some(12.5));
+        assert_eq!(as_f64(raw("7")), Some(7.0));
+        assert_eq!(as_f64(raw(r#""abc""#)), None);
+        assert_eq!(number_text(Some(raw(r#""42""#))), "42");
         assert_eq!(number_text(None), "0");
-        assert_eq!(number_text(Some(&raw("null"))), "0");
+        assert_eq!(number_text(Some(raw("null"))), "0");
     }
 
     #[test]
@@ -190,10 +231,10 @@ mod tests {
     #[test]
     fn members_keep_order_and_last_duplicate() {
         let r = raw(r#"{"b":1,"a":"x","b":2}"#);
-        let m = members(&r).unwrap();
+        let m = members(r).unwrap();
         let keys: Vec<_> = m.0.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(keys, ["b", "a", "b"]);
         assert_eq!(m.get("b").unwrap().get(), "2");
-        assert!(members(&raw("[1]")).is_none());
+        assert!(members(raw("[1]")).is_none());
     }
 }

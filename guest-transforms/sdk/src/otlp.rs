@@ -201,8 +201,8 @@ pub mod metrics {
 /// them. Field names are lowerCamelCase; the snake_case spelling of the protobuf JSON mapping
 /// is accepted too.
 pub mod logs_json {
+    use crate::json::Raw;
     use serde::Deserialize;
-    use serde_json::value::RawValue;
 
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
@@ -237,17 +237,17 @@ pub mod logs_json {
     #[serde(rename_all = "camelCase")]
     pub struct LogRecord<'a> {
         #[serde(default, borrow, alias = "time_unix_nano")]
-        pub time_unix_nano: Option<&'a RawValue>,
+        pub time_unix_nano: Option<Raw<'a>>,
         #[serde(default, borrow, alias = "observed_time_unix_nano")]
-        pub observed_time_unix_nano: Option<&'a RawValue>,
+        pub observed_time_unix_nano: Option<Raw<'a>>,
         #[serde(default, borrow, alias = "severity_text")]
-        pub severity_text: Option<&'a RawValue>,
+        pub severity_text: Option<Raw<'a>>,
         #[serde(default, borrow)]
-        pub body: Option<&'a RawValue>,
+        pub body: Option<Raw<'a>>,
         #[serde(default, borrow)]
         pub attributes: Vec<KeyValue<'a>>,
         #[serde(default, borrow, alias = "trace_id")]
-        pub trace_id: Option<&'a RawValue>,
+        pub trace_id: Option<Raw<'a>>,
     }
 
     #[derive(Deserialize)]
@@ -255,18 +255,18 @@ pub mod logs_json {
         #[serde(borrow)]
         pub key: std::borrow::Cow<'a, str>,
         #[serde(default, borrow)]
-        pub value: Option<&'a RawValue>,
+        pub value: Option<Raw<'a>>,
     }
 }
 
 /// Text of an OTLP/JSON `AnyValue` object: `stringValue` as is, other kinds as their text
 /// (numbers, `true`/`false`, arrays and key/value lists as JSON). `None` for an empty value.
-pub fn any_value_json_text(raw: &serde_json::value::RawValue) -> Option<String> {
+pub fn any_value_json_text(raw: crate::json::Raw<'_>) -> Option<String> {
     let m = crate::json::members(raw)?;
     let (k, v) = m.0.last()?;
     let text = match k.as_ref() {
         "stringValue" | "string_value" | "intValue" | "int_value" | "bytesValue"
-        | "bytes_value" => crate::json::text(v).into_owned(),
+        | "bytes_value" => crate::json::text(*v).into_owned(),
         _ => v.get().to_string(),
     };
     Some(text)

@@ -29,10 +29,10 @@ impl Tags {
     pub fn from_members(members: &Members<'_>) -> Tags {
         let mut tags = Tags(Vec::with_capacity(members.0.len() + 4));
         for (k, v) in &members.0 {
-            if json::kind(v) == Kind::Null {
+            if json::kind(*v) == Kind::Null {
                 continue;
             }
-            tags.set(k, json::text(v).into_owned());
+            tags.set(k, json::text(*v).into_owned());
         }
         tags
     }

@@ -3,13 +3,12 @@
 //! components in guest-transforms/<topic> wrap them, and native tests and benchmarks call
 //! them directly.
 
-use crate::json::{self, Kind, Members};
+use crate::json::{self, Kind, Members, Raw};
 use crate::otlp::{self, logs_json, metrics as pb};
 use crate::tags::Tags;
 use crate::time::{nanos_to_micros, parse_iso8601_micros};
 use crate::{Event, Message, Metric, MetricType, Outcome, Row, Stats};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
@@ -30,19 +29,19 @@ pub fn by_name(name: &str) -> Option<fn(&Message, &mut Stats) -> Outcome> {
 /// The envelope the database collector writes for `raw-logs` and `raw-queries`.
 /// Read through [`Members`] so duplicate keys keep the last value, as Python's `json` does.
 struct Collector<'a> {
-    timestamp: Option<&'a RawValue>,
-    source: Option<&'a RawValue>,
-    host: Option<&'a RawValue>,
-    database: Option<&'a RawValue>,
-    environment: Option<&'a RawValue>,
-    tags: Option<&'a RawValue>,
-    payload: Option<&'a RawValue>,
+    timestamp: Option<Raw<'a>>,
+    source: Option<Raw<'a>>,
+    host: Option<Raw<'a>>,
+    database: Option<Raw<'a>>,
+    environment: Option<Raw<'a>>,
+    tags: Option<Raw<'a>>,
+    payload: Option<Raw<'a>>,
 }
 
 impl<'a> Collector<'a> {
     fn parse(payload: &'a [u8]) -> Result<Self, String> {
-        let m: Members<'a> = parse_object(payload)?;
-        let get = |k: &str| m.get(k).filter(|v| json::kind(v) != Kind::Null);
+        let m = parse_members(payload)?;
+        let get = |k: &str| m.get(k).filter(|v| json::kind(*v) != Kind::Null);
         Ok(Collector {
             timestamp: get("timestamp"),
             source: get("source"),
@@ -52,6 +51,19 @@ impl<'a> Collector<'a> {
             tags: get("tags"),
             payload: get("payload"),
         })
+    }
+}
+
+/// Parse a JSON object payload into its members; see [`parse_object`] for failures.
+fn parse_members(payload: &[u8]) -> Result<Members<'_>, String> {
+    // The single-pass scanner answers for valid objects; everything else takes the slower
+    // path below, which words the failure exactly as before.
+    let scanned = std::str::from_utf8(payload)
+        .ok()
+        .and_then(|text| crate::scan::object(text));
+    match scanned {
+        Some(m) => Ok(m),
+        None => parse_object(payload),
     }
 }
 
@@ -105,11 +117,11 @@ fn common(c: &Collector<'_>) -> Result<Common, String> {
     })
 }
 
-fn or_default(raw: Option<&RawValue>, default: &str) -> String {
+fn or_default(raw: Option<Raw<'_>>, default: &str) -> String {
     json::non_empty_text(raw).map_or_else(|| default.to_string(), |t| t.into_owned())
 }
 
-fn kind_name(raw: &RawValue) -> &'static str {
+fn kind_name(raw: Raw<'_>) -> &'static str {
     match json::kind(raw) {
         Kind::Null => "null",
         Kind::Bool => "a boolean",
@@ -121,7 +133,7 @@ fn kind_name(raw: &RawValue) -> &'static str {
 }
 
 /// The payload as an attributes object: missing or null is `{}`, anything but an object fails.
-fn payload_object(payload: Option<&RawValue>) -> Result<Option<&RawValue>, String> {
+fn payload_object(payload: Option<Raw<'_>>) -> Result<Option<Raw<'_>>, String> {
     match payload {
         None => Ok(None),
         Some(p) if json::kind(p) == Kind::Null => Ok(None),
@@ -150,9 +162,9 @@ fn event(c: Common, event_type: &str, message: String, attributes: String) -> Ou
 }
 
 /// The members of the payload object (empty when there is none).
-fn payload_members(payload: Option<&RawValue>) -> Result<Members<'_>, String> {
+fn payload_members(payload: Option<Raw<'_>>) -> Result<Members<'_>, String> {
     match payload {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| format!("invalid payload: {e}")),
+        Some(raw) => Members::parse(raw.get()).map_err(|e| format!("invalid payload: {e}")),
         None => Ok(Members::default()),
     }
 }
@@ -223,7 +235,7 @@ pub fn query_hash(query: &str) -> String {
 }
 
 /// `payload` with `"query_hash": hash` added (replacing an existing one in place).
-fn with_query_hash(payload: Option<&RawValue>, hash: &str) -> Result<String, String> {
+fn with_query_hash(payload: Option<Raw<'_>>, hash: &str) -> Result<String, String> {
     let mut quoted = String::with_capacity(hash.len() + 2);
     json::push_json_string(&mut quoted, hash);
     let Some(raw) = payload else {
@@ -236,8 +248,7 @@ fn with_query_hash(payload: Option<&RawValue>, hash: &str) -> Result<String, Str
         let sep = if body.is_empty() { "" } else { "," };
         return Ok(format!("{{{body}{sep}\"query_hash\":{quoted}}}"));
     }
-    let members: Members =
-        serde_json::from_str(text).map_err(|e| format!("invalid payload: {e}"))?;
+    let members = Members::parse(text).map_err(|e| format!("invalid payload: {e}"))?;
     let mut out = String::with_capacity(text.len() + 32);
     out.push('{');
     let mut seen = false;
@@ -324,7 +335,7 @@ fn tags_json(tags: &Tags) -> String {
     out
 }
 
-fn nanos_field(raw: Option<&RawValue>) -> Option<i64> {
+fn nanos_field(raw: Option<Raw<'_>>) -> Option<i64> {
     let raw = raw?;
     let n: u64 = match json::kind(raw) {
         Kind::Number => raw.get().parse().ok()?,

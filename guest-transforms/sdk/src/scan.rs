@@ -1,0 +1,406 @@
+//! A validating single-pass reader for the members of one JSON object, the shape every
+//! collector envelope and its `tags`/`payload` have.
+//!
+//! serde_json reads these through its generic `Deserializer` + `MapAccess` machinery and
+//! scans every nested value twice (once to capture it raw, once to read its members); this
+//! reader walks the bytes once and records where each member's key and value are. It accepts
+//! only what serde_json accepts (RFC 8259, the same whitespace, numbers and escapes, nesting
+//! up to 100 levels) and answers `None` for anything else, including the rare valid inputs it
+//! does not handle (keys with invalid surrogate escapes, deeper nesting): callers then ask
+//! serde_json, which decides and words the error. A differential test holds the two equal.
+
+use crate::json::{Members, Raw};
+use std::borrow::Cow;
+
+/// serde_json stops at 128 levels; stopping earlier only sends such inputs to serde_json.
+const MAX_DEPTH: u32 = 100;
+
+/// The members of the object `text` (surrounding whitespace allowed), or `None` when `text`
+/// is not exactly one valid JSON object or needs serde_json to decide.
+pub(crate) fn object(text: &str) -> Option<Members<'_>> {
+    let mut r = Reader {
+        s: text,
+        b: text.as_bytes(),
+        i: 0,
+        depth: 0,
+    };
+    r.ws();
+    let members = r.members()?;
+    r.ws();
+    (r.i == r.b.len()).then_some(members)
+}
+
+struct Reader<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+    depth: u32,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in each byte of `w` that is zero (exact for the lowest such byte, which is
+/// the only one used).
+#[inline]
+fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(ONES) & !w & HIGHS
+}
+
+impl<'a> Reader<'a> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// The members of the object at the cursor (`{`), leaving the cursor after its `}`.
+    fn members(&mut self) -> Option<Members<'a>> {
+        if self.peek()? != b'{' {
+            return None;
+        }
+        self.i += 1;
+        let mut out = Vec::with_capacity(8);
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(Members(out));
+        }
+        loop {
+            let key = self.key()?;
+            self.ws();
+            if self.peek()? != b':' {
+                return None;
+            }
+            self.i += 1;
+            self.ws();
+            let start = self.i;
+            self.value()?;
+            out.push((key, Raw::validated(&self.s[start..self.i])));
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(Members(out));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn key(&mut self) -> Option<Cow<'a, str>> {
+        let start = self.i;
+        let escaped = self.string()?;
+        let quoted = &self.s[start..self.i];
+        if escaped {
+            // Rare: let serde_json decode (it also rejects lone surrogates in keys, as here).
+            serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+        }
+    }
+
+    /// Skip one value of any kind.
+    fn value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' => self.nested(b'}', true),
+            b'[' => self.nested(b']', false),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// Skip an object (`is_object`) or array whose opening bracket is at the cursor.
+    fn nested(&mut self, close: u8, is_object: bool) -> Option<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+            self.depth -= 1;
+            return Some(());
+        }
+        loop {
+            if is_object {
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                self.string()?;
+                self.ws();
+                if self.peek()? != b':' {
+                    return None;
+                }
+                self.i += 1;
+                self.ws();
+            }
+            self.value()?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                c if c == close => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Skip the string at the cursor (`"`); `Some(true)` when it contains escapes. Control
+    /// characters are rejected and escapes checked, as serde_json does for ignored strings.
+    fn string(&mut self) -> Option<bool> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            // Eight bytes at a time up to the next `"`, `\` or control character.
+            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                let w = u64::from_le_bytes(chunk.try_into().ok()?);
+                let special = zero_bytes(w ^ (ONES * u64::from(b'"')))
+                    | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+                    | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+                if special != 0 {
+                    self.i += (special.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                self.i += 8;
+            }
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                0..0x20 => return None,
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    fn escape(&mut self) -> Option<()> {
+        match *self.b.get(self.i + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+            b'u' => {
+                let hex = self.b.get(self.i + 2..self.i + 6)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                self.i += 6;
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    fn number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !self.peek()?.is_ascii_digit() {
+                return None;
+            }
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if !self.peek()?.is_ascii_digit() {
+                return None;
+            }
+            self.digits();
+        }
+        // serde_json rejects a digit after a leading zero ("01"): so does the caller, which
+        // expects a separator here.
+        Some(())
+    }
+
+    #[inline]
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What serde_json makes of `text` (the reference).
+    fn reference(text: &str) -> Option<Members<'_>> {
+        serde_json::from_str(text).ok()
+    }
+
+    #[test]
+    fn reads_members_in_order_with_raw_values() {
+        let text = " {\"a\" : 1, \"b\":{\"x\":[1,2,{\"y\":null}]},\"a\":\"t\\\"x\",\"k\\u00e9\":-0.5e+3 }\n";
+        let m = object(text).unwrap();
+        let got: Vec<_> = m.0.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+        assert_eq!(
+            got,
+            [
+                ("a", "1"),
+                ("b", "{\"x\":[1,2,{\"y\":null}]}"),
+                ("a", "\"t\\\"x\""),
+                ("ké", "-0.5e+3"),
+            ]
+        );
+        assert_eq!(Some(m), reference(text));
+        assert_eq!(object("{}"), Some(Members::default()));
+    }
+
+    #[test]
+    fn rejects_what_serde_json_rejects() {
+        for bad in [
+            "",
+            "[]",
+            "1",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":1e}",
+            "{\"a\":-}",
+            "{\"a\":.5}",
+            "{\"a\":tru}",
+            "{\"a\":nul}",
+            "{\"a\":\"x\ty\"}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12G4\"}",
+            "{\"a\":[1,]}",
+            "{\"a\":[1 2]}",
+            "{\"a\":{\"b\" 1}}",
+            "{\"a\":1} x",
+            "{\"a\":1}}",
+            "{'a':1}",
+            "{\"a\":1 \"b\":2}",
+            "{\"\\ud800\":1}",
+            "{\"a\":+1}",
+            "{\"a\":\"unterminated}",
+        ] {
+            assert_eq!(object(bad), None, "{bad:?}");
+            assert!(reference(bad).is_none(), "serde_json accepts {bad:?}");
+        }
+        // Valid, but left to serde_json: nesting deeper than the scanner goes.
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(120), "]".repeat(120));
+        assert_eq!(object(&deep), None);
+        assert!(reference(&deep).is_some());
+    }
+
+    /// A JSON value of bounded depth, written with varied whitespace, escapes and numbers.
+    fn value() -> impl Strategy<Value = String> {
+        let string = "([a-zé✓ /]|\\\\[nrtbf\"/\\\\]|\\\\u00[0-7][0-9a-f]){0,12}"
+            .prop_map(|s| format!("\"{s}\""));
+        let number = "-?(0|[1-9][0-9]{0,5})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,2})?";
+        let leaf = prop_oneof![
+            string.clone(),
+            number.prop_map(|s| s),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("null".to_string()),
+        ];
+        leaf.prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|v| format!("[{}]", v.join(" ,\n"))),
+                prop::collection::vec(("[a-z]{0,3}", inner), 0..5).prop_map(|v| {
+                    let members: Vec<_> =
+                        v.iter().map(|(k, v)| format!("\"{k}\"\t: {v}")).collect();
+                    format!("{{ {} }}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    fn document() -> impl Strategy<Value = String> {
+        prop::collection::vec(("[a-zA-Z_]{0,6}|k\\\\u00e9", value()), 0..8).prop_map(|v| {
+            let members: Vec<_> = v.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!(" {{{}}} ", members.join(", "))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Every valid document reads exactly as serde_json reads it.
+        #[test]
+        fn valid_documents_read_as_serde_json_reads_them(doc in document()) {
+            let want = reference(&doc);
+            prop_assert!(want.is_some(), "generator made invalid JSON: {doc}");
+            prop_assert_eq!(object(&doc), want);
+        }
+
+        /// Damaged documents: whatever the scanner accepts, serde_json accepts the same way.
+        #[test]
+        fn damaged_documents_are_never_accepted_wrongly(
+            doc in document(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(
+                vec!['"', '\\', ',', ':', '{', '}', '[', ']', '0', '-', '.', 'e', 'u', ' ', '\n', '\u{1}', 'a', 't'])), 1..4),
+        ) {
+            let mut chars: Vec<char> = doc.chars().collect();
+            for (at, op, c) in edits {
+                if chars.is_empty() {
+                    break;
+                }
+                let i = at.index(chars.len());
+                match op {
+                    0 => { chars.remove(i); }
+                    1 => chars.insert(i, c),
+                    _ => chars[i] = c,
+                }
+            }
+            let text: String = chars.into_iter().collect();
+            if let Some(got) = object(&text) {
+                prop_assert_eq!(Some(got), reference(&text), "{}", text);
+            }
+        }
+    }
+}
