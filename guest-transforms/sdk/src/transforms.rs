@@ -60,7 +60,7 @@ fn parse_members(payload: &[u8]) -> Result<Members<'_>, String> {
     // path below, which words the failure exactly as before.
     let scanned = std::str::from_utf8(payload)
         .ok()
-        .and_then(|text| crate::scan::object(text));
+        .and_then(crate::scan::object);
     match scanned {
         Some(m) => Ok(m),
         None => parse_object(payload),
