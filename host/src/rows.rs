@@ -40,15 +40,16 @@ pub fn row_id(topic: &str, partition: i32, offset: i64, index: usize) -> String 
     buf[t + 13..t + 21].copy_from_slice(&(index as u64).to_le_bytes());
     let digest = xxhash_rust::xxh3::xxh3_128(buf);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(36);
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out.push('-');
+    // 8-4-4-4-12 hex digits, written into a fixed buffer (one push per character was 3% of
+    // the wasm path's instructions).
+    let mut text = [b'-'; 36];
+    let mut nibbles = (0..32).rev().map(|i| (digest >> (4 * i)) as usize & 0xf);
+    for (pos, slot) in text.iter_mut().enumerate() {
+        if !matches!(pos, 8 | 13 | 18 | 23) {
+            *slot = HEX[nibbles.next().unwrap_or(0)];
         }
-        let nibble = (digest >> (124 - 4 * i)) & 0xf;
-        out.push(HEX[nibble as usize] as char);
     }
-    out
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 fn check_object(what: &str, text: &str) -> Result<(), String> {
@@ -58,8 +59,7 @@ fn check_object(what: &str, text: &str) -> Result<(), String> {
             truncate(text, 60)
         ));
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
-        .map(|_| ())
+    vast_transform_sdk::json::validate_object(text)
         .map_err(|e| format!("`{what}` is not valid JSON: {e}"))
 }
 

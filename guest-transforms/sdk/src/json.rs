@@ -184,6 +184,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
     }
 }
 
+/// Check that `text` is one JSON object (whitespace around it allowed), with serde_json's
+/// error when it is not. A fast reader answers for valid objects; serde_json words the rest.
+pub fn validate_object(text: &str) -> Result<(), serde_json::Error> {
+    if crate::scan::is_object(text) {
+        return Ok(());
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ())
+}
+
 /// Parse `raw` as an object's members when it is an object.
 pub fn members(raw: Raw<'_>) -> Option<Members<'_>> {
     if kind(raw) != Kind::Object {

@@ -18,16 +18,31 @@ const MAX_DEPTH: u32 = 100;
 /// The members of the object `text` (surrounding whitespace allowed), or `None` when `text`
 /// is not exactly one valid JSON object or needs serde_json to decide.
 pub(crate) fn object(text: &str) -> Option<Members<'_>> {
-    let mut r = Reader {
-        s: text,
-        b: text.as_bytes(),
-        i: 0,
-        depth: 0,
-    };
+    let mut r = Reader::new(text);
     r.ws();
-    let members = r.members()?;
+    let members = r.members(None)?;
+    r.end().then_some(members)
+}
+
+/// Members of an object whose value is itself an object, by its index in the outer members.
+pub(crate) type Children<'a> = Vec<(usize, Members<'a>)>;
+
+/// Like [`object`], and the members of every object-valued member too, read in the same
+/// pass (a collector envelope's `tags` and `payload`), so they are not scanned twice.
+pub(crate) fn object_with_children(text: &str) -> Option<(Members<'_>, Children<'_>)> {
+    let mut r = Reader::new(text);
+    let mut children = Vec::new();
     r.ws();
-    (r.i == r.b.len()).then_some(members)
+    let members = r.members(Some(&mut children))?;
+    r.end().then_some((members, children))
+}
+
+/// Whether `text` is exactly one valid JSON object (`false` also for nesting deeper than
+/// the reader goes, which serde_json may still accept).
+pub(crate) fn is_object(text: &str) -> bool {
+    let mut r = Reader::new(text);
+    r.ws();
+    r.peek() == Some(b'{') && r.nested(b'}', true).is_some() && r.end()
 }
 
 struct Reader<'a> {
@@ -48,6 +63,21 @@ fn zero_bytes(w: u64) -> u64 {
 }
 
 impl<'a> Reader<'a> {
+    fn new(text: &'a str) -> Self {
+        Reader {
+            s: text,
+            b: text.as_bytes(),
+            i: 0,
+            depth: 0,
+        }
+    }
+
+    /// Only whitespace is left.
+    fn end(&mut self) -> bool {
+        self.ws();
+        self.i == self.b.len()
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
@@ -60,8 +90,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The members of the object at the cursor (`{`), leaving the cursor after its `}`.
-    fn members(&mut self) -> Option<Members<'a>> {
+    /// The members of the object at the cursor (`{`), leaving the cursor after its `}`;
+    /// with `children`, object-valued members are read into it as well.
+    fn members(&mut self, mut children: Option<&mut Children<'a>>) -> Option<Members<'a>> {
         if self.peek()? != b'{' {
             return None;
         }
@@ -81,7 +112,14 @@ impl<'a> Reader<'a> {
             self.i += 1;
             self.ws();
             let start = self.i;
-            self.value()?;
+            match children.as_deref_mut() {
+                Some(children) if self.peek()? == b'{' => {
+                    self.depth += 1;
+                    children.push((out.len(), self.members(None)?));
+                    self.depth -= 1;
+                }
+                _ => self.value()?,
+            }
             out.push((key, Raw::validated(&self.s[start..self.i])));
             self.ws();
             match self.peek()? {
@@ -276,6 +314,12 @@ mod tests {
         serde_json::from_str(text).ok()
     }
 
+    /// Whether serde_json accepts `text` as an object it skips (the host's attributes check).
+    fn ignored(text: &str) -> bool {
+        text.trim_start().starts_with('{')
+            && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    }
+
     #[test]
     fn reads_members_in_order_with_raw_values() {
         let text = " {\"a\" : 1, \"b\":{\"x\":[1,2,{\"y\":null}]},\"a\":\"t\\\"x\",\"k\\u00e9\":-0.5e+3 }\n";
@@ -327,6 +371,9 @@ mod tests {
             "{\"a\":\"unterminated}",
         ] {
             assert_eq!(object(bad), None, "{bad:?}");
+            assert!(object_with_children(bad).is_none(), "{bad:?}");
+            // Ignored strings are not checked for lone surrogates (keys read as text are).
+            assert_eq!(is_object(bad), ignored(bad), "{bad:?}");
             assert!(reference(bad).is_none(), "serde_json accepts {bad:?}");
         }
         // Valid, but left to serde_json: nesting deeper than the scanner goes.
@@ -375,6 +422,13 @@ mod tests {
         fn valid_documents_read_as_serde_json_reads_them(doc in document()) {
             let want = reference(&doc);
             prop_assert!(want.is_some(), "generator made invalid JSON: {doc}");
+            prop_assert!(is_object(&doc));
+            let (members, children) = object_with_children(&doc).unwrap();
+            for (i, (_, v)) in members.0.iter().enumerate() {
+                let child = children.iter().find(|(j, _)| *j == i).map(|(_, m)| m);
+                let want = reference(v.get());
+                prop_assert_eq!(child, want.as_ref());
+            }
             prop_assert_eq!(object(&doc), want);
         }
 
@@ -400,6 +454,12 @@ mod tests {
             let text: String = chars.into_iter().collect();
             if let Some(got) = object(&text) {
                 prop_assert_eq!(Some(got), reference(&text), "{}", text);
+            }
+            if object_with_children(&text).is_some() {
+                prop_assert!(reference(&text).is_some(), "{}", text);
+            }
+            if is_object(&text) {
+                prop_assert!(ignored(&text), "{}", text);
             }
         }
     }

@@ -36,12 +36,24 @@ struct Collector<'a> {
     environment: Option<Raw<'a>>,
     tags: Option<Raw<'a>>,
     payload: Option<Raw<'a>>,
+    /// The members of `tags` and `payload` when they are objects and the scanner read them
+    /// with the envelope (otherwise they are parsed from the raw values when needed).
+    tags_members: Option<Members<'a>>,
+    payload_members: Option<Members<'a>>,
 }
 
 impl<'a> Collector<'a> {
     fn parse(payload: &'a [u8]) -> Result<Self, String> {
-        let m = parse_members(payload)?;
+        let (m, mut children) = parse_members(payload)?;
         let get = |k: &str| m.get(k).filter(|v| json::kind(*v) != Kind::Null);
+        // The last occurrence of a key is the one that counts, for its members too.
+        let mut members_of = |k: &str| {
+            let i = m.0.iter().rposition(|(key, _)| key == k)?;
+            let at = children.iter().position(|(j, _)| *j == i)?;
+            Some(children.swap_remove(at).1)
+        };
+        let tags_members = members_of("tags");
+        let payload_members = members_of("payload");
         Ok(Collector {
             timestamp: get("timestamp"),
             source: get("source"),
@@ -50,20 +62,23 @@ impl<'a> Collector<'a> {
             environment: get("environment"),
             tags: get("tags"),
             payload: get("payload"),
+            tags_members,
+            payload_members,
         })
     }
 }
 
-/// Parse a JSON object payload into its members; see [`parse_object`] for failures.
-fn parse_members(payload: &[u8]) -> Result<Members<'_>, String> {
+/// Parse a JSON object payload into its members, and the members of its object-valued
+/// members when the fast reader could; see [`parse_object`] for failures.
+fn parse_members(payload: &[u8]) -> Result<(Members<'_>, crate::scan::Children<'_>), String> {
     // The single-pass scanner answers for valid objects; everything else takes the slower
     // path below, which words the failure exactly as before.
     let scanned = std::str::from_utf8(payload)
         .ok()
-        .and_then(crate::scan::object);
+        .and_then(crate::scan::object_with_children);
     match scanned {
-        Some(m) => Ok(m),
-        None => parse_object(payload),
+        Some(found) => Ok(found),
+        None => Ok((parse_object(payload)?, Vec::new())),
     }
 }
 
@@ -92,12 +107,13 @@ struct Common {
     tags: Tags,
 }
 
-fn common(c: &Collector<'_>) -> Result<Common, String> {
+fn common(c: &mut Collector<'_>) -> Result<Common, String> {
     let mut tags = match c.tags {
         None => Tags::default(),
         Some(raw) if json::kind(raw) == Kind::Null => Tags::default(),
         Some(raw) => {
-            let members = json::members(raw)
+            let members = (c.tags_members.take())
+                .or_else(|| json::members(raw))
                 .ok_or_else(|| format!("`tags` must be a JSON object, got {}", kind_name(raw)))?;
             Tags::from_members(&members)
         }
@@ -161,8 +177,14 @@ fn event(c: Common, event_type: &str, message: String, attributes: String) -> Ou
     })])
 }
 
-/// The members of the payload object (empty when there is none).
-fn payload_members(payload: Option<Raw<'_>>) -> Result<Members<'_>, String> {
+/// The members of the payload object (empty when there is none), unless already read.
+fn payload_members<'a>(
+    payload: Option<Raw<'a>>,
+    read: Option<Members<'a>>,
+) -> Result<Members<'a>, String> {
+    if let Some(m) = read {
+        return Ok(m);
+    }
     match payload {
         Some(raw) => Members::parse(raw.get()).map_err(|e| format!("invalid payload: {e}")),
         None => Ok(Members::default()),
@@ -178,10 +200,10 @@ pub fn raw_logs(msg: &Message, _stats: &mut Stats) -> Outcome {
 }
 
 fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
-    let c = Collector::parse(payload)?;
-    let mut common = common(&c)?;
+    let mut c = Collector::parse(payload)?;
+    let mut common = common(&mut c)?;
     let payload = payload_object(c.payload)?;
-    let p = payload_members(payload)?;
+    let p = payload_members(payload, c.payload_members.take())?;
     if common.tags.get("log_level").is_none() {
         common.tags.set("log_level", "info");
     }
@@ -282,10 +304,10 @@ pub fn raw_queries(msg: &Message, _stats: &mut Stats) -> Outcome {
 }
 
 fn try_raw_queries(payload: &[u8]) -> Result<Outcome, String> {
-    let c = Collector::parse(payload)?;
-    let mut common = common(&c)?;
+    let mut c = Collector::parse(payload)?;
+    let mut common = common(&mut c)?;
     let payload = payload_object(c.payload)?;
-    let p = payload_members(payload)?;
+    let p = payload_members(payload, c.payload_members.take())?;
     let mean = p.get("mean_time_ms").and_then(json::as_f64).unwrap_or(0.0);
     let message = format!(
         "Query executed {} times with avg latency {:.2}ms.",
