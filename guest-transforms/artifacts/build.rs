@@ -18,6 +18,7 @@ const GUESTS: &[(&str, bool)] = &[
     ("init-fails", false),
     ("traps-always", false),
     ("fails-half", false),
+    ("legacy-v0-1", false),
 ];
 
 fn main() {

@@ -352,3 +352,35 @@ fn sleeping_traps_at_once_instead_of_holding_the_worker() {
     assert!(reason.contains("cannot sleep"), "{reason}");
     assert_recovers(&mut inst);
 }
+
+/// A component built against the previous contract (`vast:transform@0.1.0`, row by row,
+/// without the SDK) loads and runs next to 0.2.0 ones: rows, skips, failures, the host's
+/// completion of rows, and the 0.1.0 host imports.
+#[test]
+fn components_built_against_0_1_0_still_run() {
+    let bytes = std::fs::read(vast_guest_artifacts::LEGACY_V0_1_PATH).unwrap();
+    let module = engine().load("legacy", &bytes).unwrap();
+    let mut inst = TransformInstance::new(module, InstanceSettings::default()).unwrap();
+    let mut batch = msgs(&["hello", "skip", "fail", "metric x"]);
+    batch[0].key = Some(b"k1".to_vec());
+    batch[0].timestamp_ms = Some(1_000);
+    let got = inst.process(&batch, 42);
+    assert_eq!(got[1], MessageResult::Skip("asked to skip".into()));
+    assert_eq!(got[2], MessageResult::Fail("asked to fail".into()));
+    let MessageResult::Rows(rows) = &got[0] else {
+        panic!("rows expected: {:?}", got[0])
+    };
+    let Row::Event(e) = &rows[0] else {
+        panic!("an event expected")
+    };
+    assert_eq!((e.message.as_str(), e.entity_id.as_str()), ("hello", "t"));
+    assert_eq!(e.tags, [("key".to_string(), "k1".to_string())]);
+    assert_eq!((e.timestamp, e.created_at), (Some(1_000_000), Some(42)));
+    assert_eq!(e.id.as_ref().map(String::len), Some(36));
+    let MessageResult::Rows(rows) = &got[3] else {
+        panic!("rows expected: {:?}", got[3])
+    };
+    assert!(matches!(rows.as_slice(), [Row::Event(_), Row::Metric(m)] if m.metric_value == 3.0));
+    assert_eq!(inst.take_counters().get("legacy_batches"), Some(&1));
+    assert_eq!(inst.stats().traps, 0);
+}

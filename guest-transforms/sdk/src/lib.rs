@@ -2,8 +2,10 @@
 //!
 //! A transform is a WebAssembly component implementing the `vast:transform` world in
 //! `wit/transform.wit`. This crate gives transform authors:
-//! - the generated bindings (`Message`, `Outcome`, `Row`, `Event`, `Metric`, the `host` imports)
-//!   and the [`export_transform!`] macro that exports a [`Guest`] implementation;
+//! - the types a transform works with ([`Message`], [`Outcome`], [`Row`], [`Event`],
+//!   [`Metric`]), the `host` imports, and the [`export_transform!`] macro that exports a
+//!   [`Guest`] implementation (the SDK converts to and from the contract's column-wise
+//!   batches, see [`abi`]);
 //! - helpers for the common chores: JSON scalars that may be numbers or strings, ISO 8601 and
 //!   nanosecond timestamps, tags, gzip detection, OTLP decoding;
 //! - the logic of the four bundled transforms ([`transforms`]), plain Rust functions that the
@@ -28,12 +30,13 @@ pub mod bindings {
         path: "../../wit",
         world: "transform",
         pub_export_macro: true,
-        export_macro_name: "export_transform",
+        export_macro_name: "__export_transform_world",
         default_bindings_module: "vast_transform_sdk::bindings",
-        additional_derives: [PartialEq],
         generate_all,
     });
 }
+
+pub mod abi;
 
 // Transforms allocate and free a handful of short strings per message, and the canonical ABI
 // frees every returned string after each batch: talc does that much faster than dlmalloc,
@@ -53,13 +56,125 @@ pub mod tags;
 pub mod time;
 pub mod transforms;
 
-pub use bindings::Guest;
-pub use bindings::export_transform;
 pub use bindings::vast::transform::host;
 pub use bindings::vast::transform::host::Level;
-pub use bindings::vast::transform::types::{
-    Event, Header, Message, Metric, MetricType, Outcome, Row,
-};
+
+/// What a transform implements: `init` once per instance, then `process` once per batch.
+/// Export it with [`export_transform!`].
+pub trait Guest {
+    /// Called once per instance with the pipeline's transform config (the `config` table of
+    /// its `pipelines.toml` entry); an error rejects the module (a hot reload keeps the
+    /// running version).
+    fn init(config: Vec<(String, String)>) -> Result<(), String>;
+
+    /// Transform one batch: exactly one outcome per message, in input order.
+    fn process(batch: Vec<Message>) -> Vec<Outcome>;
+}
+
+/// Export a [`Guest`] implementation as the component's `vast:transform` world. The SDK
+/// converts between whole messages and rows and the contract's column-wise batches
+/// ([`abi`]).
+#[macro_export]
+macro_rules! export_transform {
+    ($ty:ident) => {
+        const _: () = {
+            impl $crate::bindings::Guest for $ty {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    <$ty as $crate::Guest>::init(config)
+                }
+
+                fn process(
+                    batch: $crate::bindings::vast::transform::types::Batch,
+                ) -> $crate::bindings::vast::transform::types::Output {
+                    $crate::abi::process(batch, <$ty as $crate::Guest>::process)
+                }
+            }
+    $crate::bindings::__export_transform_world!($ty with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// A Kafka record header. A null value is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One input record, exactly as it was consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Kafka record timestamp, milliseconds since the Unix epoch, when the record has one.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<Header>,
+    pub payload: Vec<u8>,
+}
+
+/// A row of the `events` table. Timestamps are microseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `None`: the host uses the processing time.
+    pub timestamp: Option<i64>,
+    pub entity_id: String,
+    pub event_type: String,
+    pub source: String,
+    pub environment: String,
+    pub message: String,
+    /// Tag values are always strings; the host stores them as one JSON object.
+    pub tags: Vec<(String, String)>,
+    /// A JSON object, stored as given (the host checks it is an object).
+    pub attributes: String,
+    pub trace_id: Option<String>,
+    /// `None`: the host derives a deterministic id from topic, partition, offset and row index.
+    pub id: Option<String>,
+    /// `None`: the host uses the processing time.
+    pub created_at: Option<i64>,
+}
+
+pub use bindings::vast::transform::types::MetricType;
+
+/// A row of the `metrics` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub metric_name: String,
+    pub entity_id: String,
+    /// `None`: the host uses the processing time.
+    pub timestamp: Option<i64>,
+    pub source: String,
+    pub environment: String,
+    pub metric_value: f64,
+    pub metric_type: MetricType,
+    pub unit: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// A JSON object, stored as given (the host checks it is an object).
+    pub metadata: String,
+    pub created_at: Option<i64>,
+    pub id: Option<String>,
+}
+
+/// One output row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    Event(Event),
+    Metric(Metric),
+}
+
+/// What became of one input message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Zero or more rows (zero is a valid, successful result).
+    Rows(Vec<Row>),
+    /// Filtered on purpose; the reason is counted, not dead-lettered.
+    Skip(String),
+    /// Bad input; the record goes to the dead-letter destination with this text.
+    Fail(String),
+}
 
 /// Per-batch statistics a transform wants reported as guest counters.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 
 mod cache;
 mod capture;
+mod columns;
 mod limits;
 
 pub use cache::default_dir as default_cache_dir;
@@ -26,17 +27,28 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+/// The current contract, `vast:transform@0.2.0` (wit/transform.wit): column-wise batches.
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/transform.wit",
+        world: "transform",
+    });
+}
+
+/// The previous contract, `vast:transform@0.1.0` (wit/compat/transform-0.1.0.wit), for
+/// components built against it. Its record types are also the host's own message and row
+/// types: one row shape for both contracts downstream of the runtime.
+mod v1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/compat/transform-0.1.0.wit",
         world: "transform",
         additional_derives: [PartialEq],
     });
 }
 
-pub use bindings::vast::transform::host::Level;
-use bindings::vast::transform::types::Outcome;
-pub use bindings::vast::transform::types::{Event, Header, Message, Metric, MetricType, Row};
+pub use v1::vast::transform::host::Level;
+use v1::vast::transform::types::Outcome;
+pub use v1::vast::transform::types::{Event, Header, Message, Metric, MetricType, Row};
 
 /// How often the epoch ticker advances; deadlines are accurate to about this.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -123,6 +135,8 @@ impl TransformEngine {
         deny_timers(&mut linker).map_err(|e| TransformError::Engine(format!("{e:#}")))?;
         bindings::Transform::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| TransformError::Engine(format!("{e:#}")))?;
+        v1::Transform::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| TransformError::Engine(format!("{e:#}")))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -178,7 +192,14 @@ impl TransformEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = bindings::TransformPre::new(pre).map_err(wrong_world)?;
+        // The current contract first; a component built against 0.1.0 still runs.
+        let pre = match bindings::TransformPre::new(pre.clone()) {
+            Ok(p) => Pre::Columns(p),
+            Err(current) => match v1::TransformPre::new(pre) {
+                Ok(p) => Pre::V1(p),
+                Err(_) => return Err(wrong_world(current)),
+            },
+        };
         Ok(Arc::new(TransformModule {
             name: name.to_string(),
             version: format!("{name}@{}", &hash[..12]),
@@ -236,8 +257,16 @@ pub struct TransformModule {
     name: String,
     version: String,
     content_hash: String,
-    pre: bindings::TransformPre<StoreState>,
+    pre: Pre,
     engine: Engine,
+}
+
+/// Which contract the component implements.
+enum Pre {
+    /// `vast:transform@0.2.0`.
+    Columns(bindings::TransformPre<StoreState>),
+    /// `vast:transform@0.1.0`.
+    V1(v1::TransformPre<StoreState>),
 }
 
 impl TransformModule {
@@ -295,8 +324,32 @@ impl WasiView for StoreState {
 }
 
 impl bindings::vast::transform::types::Host for StoreState {}
+impl v1::vast::transform::types::Host for StoreState {}
 
+/// 0.2.0's host interface is 0.1.0's: one implementation (below) serves both.
 impl bindings::vast::transform::host::Host for StoreState {
+    fn log(&mut self, level: bindings::vast::transform::host::Level, message: String) {
+        use bindings::vast::transform::host::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        v1::vast::transform::host::Host::log(self, level, message)
+    }
+
+    fn lookup(&mut self, table: String, key: String) -> Option<String> {
+        v1::vast::transform::host::Host::lookup(self, table, key)
+    }
+
+    fn counter(&mut self, name: String, delta: i64) {
+        v1::vast::transform::host::Host::counter(self, name, delta)
+    }
+}
+
+impl v1::vast::transform::host::Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
         let now = Instant::now();
         let elapsed = now.duration_since(self.log_refilled).as_secs_f64();
@@ -331,7 +384,12 @@ impl bindings::vast::transform::host::Host for StoreState {
 
 struct Live {
     store: Store<StoreState>,
-    bindings: bindings::Transform,
+    bindings: Bindings,
+}
+
+enum Bindings {
+    Columns(bindings::Transform),
+    V1(v1::Transform),
 }
 
 /// Counters an instance keeps about itself.
@@ -421,12 +479,16 @@ impl TransformInstance {
         store.epoch_deadline_trap();
         self.stats.instantiations += 1;
         self.arm_deadline(&mut store);
-        let bindings = m
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(&mut store, e))?;
+        let bindings = match &m.pre {
+            Pre::Columns(pre) => pre.instantiate(&mut store).map(Bindings::Columns),
+            Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+        }
+        .map_err(|e| self.classify(&mut store, e))?;
         self.arm_deadline(&mut store);
-        let init = bindings.call_init(&mut store, &self.settings.config);
+        let init = match &bindings {
+            Bindings::Columns(b) => b.call_init(&mut store, &self.settings.config),
+            Bindings::V1(b) => b.call_init(&mut store, &self.settings.config),
+        };
         self.drain_output(&mut store);
         match init {
             Ok(Ok(())) => Ok(Live { store, bindings }),
@@ -508,14 +570,19 @@ impl TransformInstance {
             Some(l) => l,
             None => self.instantiate()?,
         };
-        self.stats.calls += 1;
-        self.arm_deadline(&mut live.store);
-        let result = live.bindings.call_process(&mut live.store, batch);
+        let result = match &live.bindings {
+            Bindings::V1(b) => {
+                self.stats.calls += 1;
+                self.arm_deadline(&mut live.store);
+                b.call_process(&mut live.store, batch).map(Ok)
+            }
+            Bindings::Columns(b) => self.call_columns(b, &mut live.store, batch),
+        };
         match result {
             Ok(outs) => {
                 self.drain_output(&mut live.store);
                 self.live = Some(live);
-                Ok(outs)
+                outs
             }
             Err(e) => {
                 self.stats.traps += 1;
@@ -524,6 +591,36 @@ impl TransformInstance {
                 Err(err)
             }
         }
+    }
+
+    /// A 0.2.0 call per run of messages from one topic (a pipeline reads one topic, so
+    /// normally one call). The outer error is a trap; the inner one a malformed output.
+    fn call_columns(
+        &mut self,
+        b: &bindings::Transform,
+        store: &mut Store<StoreState>,
+        batch: &[Message],
+    ) -> wasmtime::Result<Result<Vec<Outcome>, TransformError>> {
+        let contract = |reason: String| TransformError::Contract {
+            version: self.module.version.clone(),
+            reason,
+        };
+        let mut outs = Vec::with_capacity(batch.len());
+        for run in batch.chunk_by(|a, b| a.topic == b.topic) {
+            let Some(input) = columns::lower(run) else {
+                return Ok(Err(contract(
+                    "a batch over 4 GiB does not fit the contract's 32-bit offsets".into(),
+                )));
+            };
+            self.stats.calls += 1;
+            self.arm_deadline(store);
+            let output = b.call_process(&mut *store, &input)?;
+            match columns::lift(&output) {
+                Ok(o) => outs.extend(o),
+                Err(reason) => return Ok(Err(contract(reason))),
+            }
+        }
+        Ok(Ok(outs))
     }
 
     /// Process one batch: exactly one result per message, in order. `now_us` is the
