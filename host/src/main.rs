@@ -10,12 +10,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> std::process::ExitCode {
-    // Return freed memory to the OS at once instead of after mimalloc's delay: each flush frees
-    // tens of MiB, and holding them kept the peak RSS 60-90 MiB higher with no measurable
-    // throughput difference (BENCHMARKS.md). `MIMALLOC_PURGE_DELAY` in the environment wins.
+    // Return freed memory to the OS after 5 ms instead of mimalloc's 10: each flush frees
+    // tens of MiB, and holding them 10 ms raised the peak RSS of `run`; 0 (at once) made
+    // every batch and every Parquet page fault its memory back in (twice the page faults
+    // of 5 ms, at the same peak RSS; BENCHMARKS.md). `MIMALLOC_PURGE_DELAY` in the
+    // environment wins.
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: options may be set at any time; this one only changes when pages are purged.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 5) };
     }
     vast_processor::cli::main()
 }
