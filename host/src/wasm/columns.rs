@@ -7,83 +7,48 @@
 use super::bindings::vast::transform::types as wit;
 use super::v1::vast::transform::types::{Event, Message, Metric, MetricType, Outcome, Row};
 
-/// An empty batch, to be filled by [`lower_into`].
-pub fn empty_batch() -> wit::Batch {
-    let blobs = || wit::Blobs {
-        bytes: Vec::new(),
-        ends: Vec::new(),
-    };
-    wit::Batch {
-        topic: String::new(),
-        partitions: Vec::new(),
-        offsets: Vec::new(),
-        timestamps_ms: Vec::new(),
-        payloads: blobs(),
-        has_key: Vec::new(),
-        keys: blobs(),
-        headers: Vec::new(),
-    }
-}
-
-/// Refill `b` with `messages`, which must all come from one topic (the caller splits runs).
-/// `b`'s buffers are reused from call to call: allocating them per call cost page faults
-/// (the allocator hands freed pages back to the OS at once, see BENCHMARKS.md).
-/// `false` when the batch's payloads or keys do not fit the contract's 32-bit offsets.
-pub fn lower_into(b: &mut wit::Batch, messages: &[Message]) -> bool {
-    if !blobs(&mut b.payloads, messages, |m| &m.payload)
-        || !blobs(&mut b.keys, messages, |m| {
-            m.key.as_deref().unwrap_or_default()
-        })
-    {
-        return false;
-    }
-    b.headers.clear();
+/// The batch for `messages`, which must all come from one topic (the caller splits runs).
+/// `None` when the batch's payloads or keys do not fit the contract's 32-bit offsets.
+pub fn lower(messages: &[Message]) -> Option<wit::Batch> {
+    let payloads = blobs(messages, |m| &m.payload)?;
+    let keys = blobs(messages, |m| m.key.as_deref().unwrap_or_default())?;
+    let mut headers = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         for h in &m.headers {
-            b.headers.push(wit::Header {
+            headers.push(wit::Header {
                 message: i as u32,
                 key: h.key.clone(),
                 value: h.value.clone(),
             });
         }
     }
-    b.topic.clear();
-    b.topic
-        .push_str(messages.first().map_or("", |m| m.topic.as_str()));
-    b.partitions.clear();
-    b.partitions.extend(messages.iter().map(|m| m.partition));
-    b.offsets.clear();
-    b.offsets.extend(messages.iter().map(|m| m.offset));
-    b.timestamps_ms.clear();
-    b.timestamps_ms
-        .extend(messages.iter().map(|m| m.timestamp_ms));
-    b.has_key.clear();
-    b.has_key.extend(messages.iter().map(|m| m.key.is_some()));
-    true
+    Some(wit::Batch {
+        topic: messages
+            .first()
+            .map(|m| m.topic.clone())
+            .unwrap_or_default(),
+        partitions: messages.iter().map(|m| m.partition).collect(),
+        offsets: messages.iter().map(|m| m.offset).collect(),
+        timestamps_ms: messages.iter().map(|m| m.timestamp_ms).collect(),
+        payloads,
+        has_key: messages.iter().map(|m| m.key.is_some()).collect(),
+        keys,
+        headers,
+    })
 }
 
-/// Drop `b`'s buffers if one batch made them large (a run of big records), so an idle
-/// instance does not hold its largest batch forever.
-pub fn trim(b: &mut wit::Batch) {
-    const KEEP: usize = 4 << 20;
-    if b.payloads.bytes.capacity() > KEEP || b.keys.bytes.capacity() > KEEP {
-        *b = empty_batch();
-    }
-}
-
-fn blobs(b: &mut wit::Blobs, messages: &[Message], field: impl Fn(&Message) -> &[u8]) -> bool {
+fn blobs(messages: &[Message], field: impl Fn(&Message) -> &[u8]) -> Option<wit::Blobs> {
     let size: usize = messages.iter().map(|m| field(m).len()).sum();
-    if u32::try_from(size).is_err() {
-        return false;
-    }
-    b.bytes.clear();
-    b.bytes.reserve(size);
-    b.ends.clear();
-    b.ends.extend(messages.iter().map(|m| {
-        b.bytes.extend_from_slice(field(m));
-        b.bytes.len() as u32
-    }));
-    true
+    u32::try_from(size).ok()?;
+    let mut bytes = Vec::with_capacity(size);
+    let ends = messages
+        .iter()
+        .map(|m| {
+            bytes.extend_from_slice(field(m));
+            bytes.len() as u32
+        })
+        .collect();
+    Some(wit::Blobs { bytes, ends })
 }
 
 /// One outcome per entry of `output.outcomes`, rows rebuilt from the columns; the reason
@@ -369,17 +334,6 @@ mod tests {
     }
 
     #[test]
-    fn trim_keeps_small_buffers_and_drops_large_ones() {
-        let mut b = empty_batch();
-        assert!(lower_into(&mut b, &[msg(1, "ab")]));
-        trim(&mut b);
-        assert_eq!(b.payloads.bytes, b"ab");
-        assert!(lower_into(&mut b, &[msg(1, &"x".repeat(5 << 20))]));
-        trim(&mut b);
-        assert_eq!(b.payloads.bytes.capacity(), 0);
-    }
-
-    #[test]
     fn lowering_makes_columns() {
         let mut second = msg(2, "cde");
         second.key = None;
@@ -387,13 +341,7 @@ mod tests {
             key: "g".into(),
             value: Some(b"v".to_vec()),
         });
-        let mut b = empty_batch();
-        // Twice: a refilled batch holds only the new messages.
-        assert!(lower_into(
-            &mut b,
-            &[msg(9, "zzzz"), msg(8, "y"), msg(7, "x")]
-        ));
-        assert!(lower_into(&mut b, &[msg(1, "ab"), second]));
+        let b = lower(&[msg(1, "ab"), second]).unwrap();
         assert_eq!(b.topic, "t");
         assert_eq!((b.partitions, b.offsets), (vec![2, 2], vec![1, 2]));
         assert_eq!(b.timestamps_ms, [Some(7), Some(7)]);

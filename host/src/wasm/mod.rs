@@ -414,8 +414,6 @@ pub struct TransformInstance {
     live: Option<Live>,
     stats: InstanceStats,
     counters: HashMap<String, i64>,
-    /// The 0.2.0 input batch, refilled per call (see [`columns::lower_into`]).
-    input: bindings::vast::transform::types::Batch,
 }
 
 impl TransformInstance {
@@ -430,7 +428,6 @@ impl TransformInstance {
             live: None,
             stats: InstanceStats::default(),
             counters: HashMap::new(),
-            input: columns::empty_batch(),
         };
         inst.live = Some(inst.instantiate()?);
         Ok(inst)
@@ -610,16 +607,14 @@ impl TransformInstance {
         };
         let mut outs = Vec::with_capacity(batch.len());
         for run in batch.chunk_by(|a, b| a.topic == b.topic) {
-            if !columns::lower_into(&mut self.input, run) {
+            let Some(input) = columns::lower(run) else {
                 return Ok(Err(contract(
                     "a batch over 4 GiB does not fit the contract's 32-bit offsets".into(),
                 )));
-            }
+            };
             self.stats.calls += 1;
             self.arm_deadline(store);
-            let output = b.call_process(&mut *store, &self.input);
-            columns::trim(&mut self.input);
-            let output = output?;
+            let output = b.call_process(&mut *store, &input)?;
             match columns::lift(&output) {
                 Ok(o) => outs.extend(o),
                 Err(reason) => return Ok(Err(contract(reason))),
