@@ -1,7 +1,8 @@
 //! Rows to Arrow: per-table builders with exactly the schemas of the telemetry contract, plus
 //! the lineage columns, flushed into `RecordBatch`es.
 
-use crate::wasm::{Event, Metric, Row};
+use crate::rows::{EventRef, MetricRef, RowRef, Tags};
+use crate::wasm::Row;
 use arrow_array::builder::{
     Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
@@ -129,12 +130,27 @@ impl LineageBuilders {
 }
 
 /// Append a JSON object of string pairs to `buf` (later keys win, as in a JSON parser).
-pub fn write_tags(buf: &mut String, tags: &[(String, String)]) {
+pub fn write_tags(buf: &mut String, tags: &Tags<'_>) {
+    // The pairs are sliced once into a stack array (rows carry a handful of tags), so the
+    // duplicate check below compares slices instead of re-reading column offsets.
+    const STACK: usize = 16;
+    let n = tags.len();
+    let mut small = [("", ""); STACK];
+    let heap: Vec<(&str, &str)>;
+    let pairs: &[(&str, &str)] = if n <= STACK {
+        for (slot, pair) in small.iter_mut().zip(tags.iter()) {
+            *slot = pair;
+        }
+        &small[..n]
+    } else {
+        heap = tags.iter().collect();
+        &heap
+    };
     buf.push('{');
     let mut first = true;
-    for (i, (k, v)) in tags.iter().enumerate() {
+    for (i, (k, v)) in pairs.iter().enumerate() {
         // A later duplicate key replaces an earlier one: skip the earlier.
-        if tags[i + 1..].iter().any(|(k2, _)| k2 == k) {
+        if pairs[i + 1..].iter().any(|(k2, _)| k2 == k) {
             continue;
         }
         if !first {
@@ -148,27 +164,40 @@ pub fn write_tags(buf: &mut String, tags: &[(String, String)]) {
     buf.push('}');
 }
 
+/// For each byte, its JSON escape: 0 none, `u` as `\u00XX`, else the letter after `\\`.
+const ESCAPES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b'u';
+        b += 1;
+    }
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
 fn write_json_str(buf: &mut String, s: &str) {
     // Every character JSON requires escaping is ASCII, so scanning bytes is exact for UTF-8,
-    // and runs without escapes (nearly all tag text) are copied in one piece.
+    // and runs without escapes (nearly all tag text) are copied in one piece. A table lookup
+    // per byte is cheaper than a chain of comparisons.
     buf.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
+        let esc = ESCAPES[usize::from(b)];
+        if esc == 0 {
+            continue;
+        }
         buf.push_str(&s[start..i]);
-        if esc.is_empty() {
-            let _ = write!(buf, "\\u{b:04x}");
+        buf.push('\\');
+        if esc == b'u' {
+            let _ = write!(buf, "u{b:04x}");
         } else {
-            buf.push_str(esc);
+            buf.push(char::from(esc));
         }
         start = i + 1;
     }
@@ -249,31 +278,51 @@ impl TableBatcher {
         self.opened
     }
 
-    /// Add one completed row (host columns filled by [`crate::rows::complete`]).
+    /// Add one completed row (every host column set, as [`RowRef::to_row`] leaves it).
     pub fn push(&mut self, row: &Row, lineage: &Lineage<'_>) {
+        self.push_ref(&RowRef::from(row), 0, lineage, 0);
+    }
+
+    /// Add row `index` of the message `lineage` names, as the transform returned it; host
+    /// columns are filled as [`RowRef::to_row`] fills them, with `now_us` as processing time.
+    /// Each string is copied once, from the transform's output into its column.
+    pub fn push_ref(&mut self, row: &RowRef<'_>, index: usize, lineage: &Lineage<'_>, now_us: i64) {
         self.opened.get_or_insert_with(Instant::now);
         self.bytes += 64 + lineage.topic.len() + lineage.version.len();
+        let derived;
+        let id = match row.given_id() {
+            Some(id) => id,
+            None => {
+                derived = crate::rows::row_id_text(
+                    lineage.topic,
+                    lineage.partition,
+                    lineage.offset,
+                    index,
+                );
+                std::str::from_utf8(&derived).unwrap_or_default()
+            }
+        };
         match row {
-            Row::Event(e) => self.push_event(e, lineage),
-            Row::Metric(m) => self.push_metric(m, lineage),
+            RowRef::Event(e) => self.push_event(e, id, now_us, lineage),
+            RowRef::Metric(m) => self.push_metric(m, id, now_us, lineage),
         }
     }
 
-    fn push_event(&mut self, e: &Event, lineage: &Lineage<'_>) {
+    fn push_event(&mut self, e: &EventRef<'_>, id: &str, now_us: i64, lineage: &Lineage<'_>) {
         let b = &mut self.events;
-        b.timestamp.append_value(e.timestamp.unwrap_or_default());
-        b.entity_id.append_value(&e.entity_id);
-        b.event_type.append_value(&e.event_type);
-        b.source.append_value(&e.source);
-        b.environment.append_value(&e.environment);
-        b.message.append_value(&e.message);
+        b.timestamp.append_value(e.timestamp.unwrap_or(now_us));
+        b.entity_id.append_value(e.entity_id);
+        b.event_type.append_value(e.event_type);
+        b.source.append_value(e.source);
+        b.environment.append_value(e.environment);
+        b.message.append_value(e.message);
         self.scratch.clear();
         write_tags(&mut self.scratch, &e.tags);
         b.tags.append_value(&self.scratch);
-        b.attributes.append_value(&e.attributes);
-        b.trace_id.append_option(e.trace_id.as_deref());
-        b.id.append_value(e.id.as_deref().unwrap_or_default());
-        b.created_at.append_value(e.created_at.unwrap_or_default());
+        b.attributes.append_value(e.attributes);
+        b.trace_id.append_option(e.trace_id);
+        b.id.append_value(id);
+        b.created_at.append_value(e.created_at.unwrap_or(now_us));
         if self.lineage {
             b.lineage.push(lineage);
         }
@@ -285,27 +334,27 @@ impl TableBatcher {
             + e.message.len()
             + self.scratch.len()
             + e.attributes.len()
-            + e.trace_id.as_ref().map_or(0, String::len)
-            + 36;
+            + e.trace_id.map_or(0, str::len)
+            + id.len();
     }
 
-    fn push_metric(&mut self, m: &Metric, lineage: &Lineage<'_>) {
+    fn push_metric(&mut self, m: &MetricRef<'_>, id: &str, now_us: i64, lineage: &Lineage<'_>) {
         let b = &mut self.metrics;
-        b.metric_name.append_value(&m.metric_name);
-        b.entity_id.append_value(&m.entity_id);
-        b.timestamp.append_value(m.timestamp.unwrap_or_default());
-        b.source.append_value(&m.source);
-        b.environment.append_value(&m.environment);
+        b.metric_name.append_value(m.metric_name);
+        b.entity_id.append_value(m.entity_id);
+        b.timestamp.append_value(m.timestamp.unwrap_or(now_us));
+        b.source.append_value(m.source);
+        b.environment.append_value(m.environment);
         b.metric_value.append_value(m.metric_value);
         b.metric_type
             .append_value(crate::rows::metric_type(m.metric_type));
-        b.unit.append_option(m.unit.as_deref());
+        b.unit.append_option(m.unit);
         self.scratch.clear();
         write_tags(&mut self.scratch, &m.tags);
         b.tags.append_value(&self.scratch);
-        b.metadata.append_value(&m.metadata);
-        b.created_at.append_value(m.created_at.unwrap_or_default());
-        b.id.append_value(m.id.as_deref().unwrap_or_default());
+        b.metadata.append_value(m.metadata);
+        b.created_at.append_value(m.created_at.unwrap_or(now_us));
+        b.id.append_value(id);
         if self.lineage {
             b.lineage.push(lineage);
         }
@@ -316,7 +365,7 @@ impl TableBatcher {
             + m.environment.len()
             + self.scratch.len()
             + m.metadata.len()
-            + 36;
+            + id.len();
     }
 
     /// Take the buffered rows as one `RecordBatch` per non-empty table and reset.
@@ -378,7 +427,7 @@ impl TableBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wasm::MetricType;
+    use crate::wasm::{Event, Metric, MetricType};
     use arrow_array::{Array, StringArray};
 
     fn event(tags: Vec<(&str, &str)>) -> Row {
@@ -497,6 +546,7 @@ mod tests {
             "ctl\u{1}\u{1f}",
             "ünï ✓",
             "tab\tnl\n",
+            "cr\r\u{7f}",
         ] {
             let mut buf = String::new();
             write_json_str(&mut buf, s);

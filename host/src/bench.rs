@@ -8,7 +8,9 @@ use crate::deadletter::DeadLetterWriter;
 use crate::generate::{Rng, record};
 use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv};
 use crate::sink::{Sink, SinkError};
-use crate::wasm::{InstanceSettings, Message, MessageResult, TransformEngine, TransformInstance};
+use crate::wasm::{
+    InstanceSettings, Message, MessageResult, Processed, TransformEngine, TransformInstance,
+};
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use std::sync::Arc;
@@ -120,11 +122,11 @@ pub fn messages(topic: &str, n: usize) -> Vec<Message> {
         .collect()
 }
 
-fn count_rows(results: &[MessageResult]) -> usize {
-    results
+fn count_rows(p: &Processed) -> usize {
+    p.results()
         .iter()
         .map(|r| match r {
-            MessageResult::Rows(rows) => rows.len(),
+            MessageResult::Rows(span) => span.len(),
             _ => 0,
         })
         .sum()
@@ -308,13 +310,13 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
             let mut settings = opts.settings();
             settings.limits.memory_mib = 256;
             let mut inst = TransformInstance::new(s.module.clone(), settings)?;
-            inst.process(&part[..batch.min(n)], 0);
+            inst.process_batch(&part[..batch.min(n)], 0);
             let runs = (0..opts.runs)
                 .map(|_| {
                     let t = Instant::now();
                     let rows: usize = part
                         .chunks(batch)
-                        .map(|c| count_rows(&inst.process(c, 0)))
+                        .map(|c| count_rows(&inst.process_batch(c, 0)))
                         .sum();
                     (t.elapsed(), n, rows, part_bytes)
                 })

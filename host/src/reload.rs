@@ -183,7 +183,7 @@ impl LiveTransform {
 
     /// Record a batch's results under `generation`; after a swap, roll back if the new
     /// version's error rate over the probation exceeds the threshold.
-    pub fn observe(&self, generation: u64, results: &[MessageResult]) {
+    pub fn observe<R>(&self, generation: u64, results: &[MessageResult<R>]) {
         if generation != self.generation() {
             return;
         }

@@ -1,14 +1,239 @@
-//! Host-side row completion (host-assigned columns, checks) and JSON rendering.
+//! Rows as the runtime hands them on: borrowed views of a call's output ([`RowRef`]),
+//! host-side checks and host-assigned columns, and JSON rendering.
 
 use crate::wasm::{Event, Message, Metric, MetricType, Row};
 use serde_json::{Map, Value, json};
 
-/// A row the transform returned that the host cannot store.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("row {index}: {reason}")]
-pub struct RowError {
-    pub index: usize,
-    pub reason: String,
+/// A string column as one text buffer plus end offsets (Arrow's Utf8 layout), as a 0.2.0
+/// guest returns it. Built only by the runtime after checking that every end is in order,
+/// within the text and on a char boundary, so each entry is a plain slice.
+#[derive(Debug, Clone, Copy)]
+pub struct StrColumn<'a> {
+    text: &'a str,
+    ends: &'a [u32],
+}
+
+impl<'a> StrColumn<'a> {
+    /// The column if `ends` is non-decreasing, within `text` and on char boundaries.
+    pub(crate) fn checked(text: &'a str, ends: &'a [u32]) -> Option<Self> {
+        let mut prev = 0u32;
+        for &e in ends {
+            if e < prev || !text.is_char_boundary(e as usize) {
+                return None;
+            }
+            prev = e;
+        }
+        Some(StrColumn { text, ends })
+    }
+
+    /// A column whose ends the caller has checked with [`StrColumn::checked`] (a column
+    /// that was not only yields wrong or empty entries from [`StrColumn::get`], never a panic).
+    pub(crate) fn trusted(text: &'a str, ends: &'a [u32]) -> Self {
+        StrColumn { text, ends }
+    }
+
+    /// Entries in the column.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the column has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Entry `i` (`""` past the end; callers index within lengths the runtime checked).
+    pub fn get(&self, i: usize) -> &'a str {
+        let start = match i {
+            0 => 0,
+            _ => self.ends.get(i - 1).copied().unwrap_or_default() as usize,
+        };
+        let end = self.ends.get(i).copied().unwrap_or_default() as usize;
+        self.text.get(start..end).unwrap_or_default()
+    }
+}
+
+/// A row's tags: owned pairs (0.1.0 guests, tests) or a range of a 0.2.0 output's columns.
+#[derive(Debug, Clone, Copy)]
+pub enum Tags<'a> {
+    Pairs(&'a [(String, String)]),
+    Columns {
+        keys: StrColumn<'a>,
+        values: StrColumn<'a>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl<'a> Tags<'a> {
+    /// Number of pairs, duplicates included.
+    pub fn len(&self) -> usize {
+        match self {
+            Tags::Pairs(p) => p.len(),
+            Tags::Columns { start, end, .. } => end - start,
+        }
+    }
+
+    /// True when there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pair `j` (0-based within this row).
+    pub fn get(&self, j: usize) -> (&'a str, &'a str) {
+        match self {
+            Tags::Pairs(p) => p.get(j).map_or(("", ""), |(k, v)| (k, v)),
+            Tags::Columns {
+                keys,
+                values,
+                start,
+                ..
+            } => (keys.get(start + j), values.get(start + j)),
+        }
+    }
+
+    /// The pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        (0..self.len()).map(|j| self.get(j))
+    }
+}
+
+/// An event row borrowed from a call's output; `None` host columns are filled on the way
+/// out (see [`RowRef::to_row`] and `TableBatcher::push_ref`).
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub timestamp: Option<i64>,
+    pub entity_id: &'a str,
+    pub event_type: &'a str,
+    pub source: &'a str,
+    pub environment: &'a str,
+    pub message: &'a str,
+    pub tags: Tags<'a>,
+    pub attributes: &'a str,
+    pub trace_id: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub created_at: Option<i64>,
+}
+
+/// A metric row borrowed from a call's output.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricRef<'a> {
+    pub metric_name: &'a str,
+    pub entity_id: &'a str,
+    pub timestamp: Option<i64>,
+    pub source: &'a str,
+    pub environment: &'a str,
+    pub metric_value: f64,
+    pub metric_type: MetricType,
+    pub unit: Option<&'a str>,
+    pub tags: Tags<'a>,
+    pub metadata: &'a str,
+    pub created_at: Option<i64>,
+    pub id: Option<&'a str>,
+}
+
+/// One output row without copying its strings: the worker appends these straight to the
+/// Arrow builders (copying each string once, from the guest's output into the column).
+#[derive(Debug, Clone, Copy)]
+pub enum RowRef<'a> {
+    Event(EventRef<'a>),
+    Metric(MetricRef<'a>),
+}
+
+impl<'a> From<&'a Row> for RowRef<'a> {
+    fn from(row: &'a Row) -> Self {
+        match row {
+            Row::Event(e) => RowRef::Event(EventRef {
+                timestamp: e.timestamp,
+                entity_id: &e.entity_id,
+                event_type: &e.event_type,
+                source: &e.source,
+                environment: &e.environment,
+                message: &e.message,
+                tags: Tags::Pairs(&e.tags),
+                attributes: &e.attributes,
+                trace_id: e.trace_id.as_deref(),
+                id: e.id.as_deref(),
+                created_at: e.created_at,
+            }),
+            Row::Metric(m) => RowRef::Metric(MetricRef {
+                metric_name: &m.metric_name,
+                entity_id: &m.entity_id,
+                timestamp: m.timestamp,
+                source: &m.source,
+                environment: &m.environment,
+                metric_value: m.metric_value,
+                metric_type: m.metric_type,
+                unit: m.unit.as_deref(),
+                tags: Tags::Pairs(&m.tags),
+                metadata: &m.metadata,
+                created_at: m.created_at,
+                id: m.id.as_deref(),
+            }),
+        }
+    }
+}
+
+impl RowRef<'_> {
+    /// The row's id as given by the transform, `None` when it left it to the host (missing
+    /// or empty).
+    pub fn given_id(&self) -> Option<&str> {
+        let id = match self {
+            RowRef::Event(e) => e.id,
+            RowRef::Metric(m) => m.id,
+        };
+        id.filter(|s| !s.is_empty())
+    }
+
+    /// Check what the host cannot store: `attributes`/`metadata` must be JSON objects.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            RowRef::Event(e) => check_object("attributes", e.attributes),
+            RowRef::Metric(m) => check_object("metadata", m.metadata),
+        }
+    }
+
+    /// An owned, completed copy as row `index` of message `m`: a missing or empty `id`
+    /// becomes the deterministic [`row_id`], missing `timestamp`/`created_at` the
+    /// processing time `now_us` (`TableBatcher::push_ref` fills the same values).
+    pub fn to_row(&self, m: &Message, index: usize, now_us: i64) -> Row {
+        let id = Some(match self.given_id() {
+            Some(id) => id.to_string(),
+            None => row_id(&m.topic, m.partition, m.offset, index),
+        });
+        let pairs = |t: &Tags<'_>| -> Vec<(String, String)> {
+            t.iter().map(|(k, v)| (k.into(), v.into())).collect()
+        };
+        match self {
+            RowRef::Event(e) => Row::Event(Event {
+                timestamp: Some(e.timestamp.unwrap_or(now_us)),
+                entity_id: e.entity_id.into(),
+                event_type: e.event_type.into(),
+                source: e.source.into(),
+                environment: e.environment.into(),
+                message: e.message.into(),
+                tags: pairs(&e.tags),
+                attributes: e.attributes.into(),
+                trace_id: e.trace_id.map(Into::into),
+                id,
+                created_at: Some(e.created_at.unwrap_or(now_us)),
+            }),
+            RowRef::Metric(x) => Row::Metric(Metric {
+                metric_name: x.metric_name.into(),
+                entity_id: x.entity_id.into(),
+                timestamp: Some(x.timestamp.unwrap_or(now_us)),
+                source: x.source.into(),
+                environment: x.environment.into(),
+                metric_value: x.metric_value,
+                metric_type: x.metric_type,
+                unit: x.unit.map(Into::into),
+                tags: pairs(&x.tags),
+                metadata: x.metadata.into(),
+                created_at: Some(x.created_at.unwrap_or(now_us)),
+                id,
+            }),
+        }
+    }
 }
 
 /// Processing time now, in microseconds since the epoch.
@@ -22,8 +247,13 @@ pub fn now_micros() -> i64 {
 /// formatted like a UUID. A redelivered message yields identical ids, so duplicates can be
 /// removed downstream.
 pub fn row_id(topic: &str, partition: i32, offset: i64, index: usize) -> String {
-    // Runs once per row: hash from a stack buffer (Kafka topic names are at most 249 bytes)
-    // and format straight into the one String the row keeps.
+    // ASCII by construction.
+    String::from_utf8(row_id_text(topic, partition, offset, index).to_vec()).unwrap_or_default()
+}
+
+/// [`row_id`] as its 36 ASCII bytes, for callers that copy it on (the Arrow builder).
+pub fn row_id_text(topic: &str, partition: i32, offset: i64, index: usize) -> [u8; 36] {
+    // Runs once per row: hash from a stack buffer (Kafka topic names are at most 249 bytes).
     let mut stack = [0u8; 256 + 21];
     let mut heap = Vec::new();
     let t = topic.len();
@@ -52,11 +282,11 @@ pub fn row_id(topic: &str, partition: i32, offset: i64, index: usize) -> String 
         text[at + 1] = HEX[usize::from(byte & 0xf)];
         at += 2;
     }
-    // ASCII by construction.
-    String::from_utf8(text.to_vec()).unwrap_or_default()
+    text
 }
 
-fn check_object(what: &str, text: &str) -> Result<(), String> {
+/// Check that `text`, the column `what`, is a JSON object (what the host stores there).
+pub fn check_object(what: &str, text: &str) -> Result<(), String> {
     if !text.trim_start().starts_with('{') {
         return Err(format!(
             "`{what}` must be a JSON object, got {:?}",
@@ -72,30 +302,6 @@ fn truncate(s: &str, n: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
-}
-
-/// Check the rows of one message and fill the host-assigned columns: `id` (deterministic),
-/// `created_at` (processing time) and a missing `timestamp` (processing time).
-pub fn complete(rows: &mut [Row], m: &Message, now_us: i64) -> Result<(), RowError> {
-    for (index, row) in rows.iter_mut().enumerate() {
-        let err = |reason| RowError { index, reason };
-        let (id, created_at, timestamp) = match row {
-            Row::Event(e) => {
-                check_object("attributes", &e.attributes).map_err(err)?;
-                (&mut e.id, &mut e.created_at, &mut e.timestamp)
-            }
-            Row::Metric(x) => {
-                check_object("metadata", &x.metadata).map_err(err)?;
-                (&mut x.id, &mut x.created_at, &mut x.timestamp)
-            }
-        };
-        if id.as_deref().is_none_or(str::is_empty) {
-            *id = Some(row_id(&m.topic, m.partition, m.offset, index));
-        }
-        created_at.get_or_insert(now_us);
-        timestamp.get_or_insert(now_us);
-    }
-    Ok(())
 }
 
 /// The output table of a row.
@@ -262,17 +468,23 @@ mod tests {
     }
 
     #[test]
-    fn complete_fills_host_columns_and_keeps_given_ones() {
-        let mut rows = vec![event("{}"), event("{\"a\":1}")];
-        if let Row::Event(e) = &mut rows[1] {
+    fn to_row_fills_host_columns_and_keeps_given_ones() {
+        let mut given = event("{\"a\":1}");
+        if let Row::Event(e) = &mut given {
             e.id = Some("mine".into());
             e.timestamp = Some(5);
         }
-        complete(&mut rows, &msg(), 1000).unwrap();
-        let Row::Event(e0) = &rows[0] else {
+        let mut empty_id = event("{}");
+        if let Row::Event(e) = &mut empty_id {
+            e.id = Some(String::new());
+        }
+        let Row::Event(e0) = RowRef::from(&event("{}")).to_row(&msg(), 0, 1000) else {
             unreachable!()
         };
-        let Row::Event(e1) = &rows[1] else {
+        let Row::Event(e1) = RowRef::from(&given).to_row(&msg(), 1, 1000) else {
+            unreachable!()
+        };
+        let Row::Event(e2) = RowRef::from(&empty_id).to_row(&msg(), 2, 1000) else {
             unreachable!()
         };
         assert_eq!(
@@ -281,13 +493,27 @@ mod tests {
         );
         assert_eq!((e0.timestamp, e0.created_at), (Some(1000), Some(1000)));
         assert_eq!((e1.id.as_deref(), e1.timestamp), (Some("mine"), Some(5)));
+        assert_eq!(e2.id, Some(row_id("raw-logs", 3, 42, 2)));
     }
 
     #[test]
-    fn complete_rejects_non_object_attributes() {
+    fn check_rejects_non_object_attributes() {
         for bad in ["[1]", "\"x\"", "{", ""] {
-            let err = complete(&mut [event(bad)], &msg(), 0).unwrap_err();
-            assert_eq!(err.index, 0, "{bad}");
+            let row = event(bad);
+            let err = RowRef::from(&row).check().unwrap_err();
+            assert!(err.contains("attributes"), "{bad}: {err}");
         }
+        assert_eq!(RowRef::from(&event(" {\"a\": [1]}")).check(), Ok(()));
+    }
+
+    #[test]
+    fn str_columns_are_checked_once_and_sliced() {
+        assert!(StrColumn::checked("abc", &[1, 0]).is_none());
+        assert!(StrColumn::checked("abc", &[4]).is_none());
+        assert!(StrColumn::checked("é", &[1]).is_none());
+        let c = StrColumn::checked("aébc", &[1, 3, 3, 5]).unwrap();
+        let all: Vec<_> = (0..c.len()).map(|i| c.get(i)).collect();
+        assert_eq!(all, ["a", "é", "", "bc"]);
+        assert_eq!(c.get(9), "");
     }
 }

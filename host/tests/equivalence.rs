@@ -4,6 +4,7 @@
 //! rewound, instances reused across batches) must not change a single field.
 
 use std::path::PathBuf;
+use vast_processor::rows::RowRef;
 use vast_processor::wasm::{
     Event, InstanceSettings, MessageResult, Metric, MetricType, Row, TransformEngine,
     TransformInstance,
@@ -78,9 +79,16 @@ fn bundled_components_match_their_native_logic_over_many_batches() {
                 let ctx = || format!("{topic} offset {}", m.offset);
                 match (want, g) {
                     (sdk::Outcome::Rows(want), MessageResult::Rows(got)) => {
-                        let mut want: Vec<Row> = want.into_iter().map(host_row).collect();
-                        vast_processor::rows::complete(&mut want, m, NOW).unwrap();
-                        let want: Vec<_> = want.iter().map(vast_processor::rows::to_json).collect();
+                        let want: Vec<Row> = want.into_iter().map(host_row).collect();
+                        let want: Vec<_> = want
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| {
+                                let r = RowRef::from(r);
+                                r.check().unwrap();
+                                vast_processor::rows::to_json(&r.to_row(m, i, NOW))
+                            })
+                            .collect();
                         let got: Vec<_> = got.iter().map(vast_processor::rows::to_json).collect();
                         assert_eq!(want, got, "{}", ctx());
                     }
@@ -153,5 +161,76 @@ fn large_batches_reuse_the_guest_arena() {
             stats.memory_high_water >> 20,
             input >> 20
         );
+    }
+}
+
+/// Rows appended as the worker appends them (borrowed from the call's output, host columns
+/// filled by the batcher) and as owned, completed rows give identical Arrow batches: for
+/// every bundled component (0.2.0 outputs read in place) and for a 0.1.0 component (owned
+/// rows), including row ids derived per message and row index.
+#[test]
+fn borrowed_rows_build_the_same_arrow_as_owned_rows() {
+    use vast_processor::batch::{Lineage, TableBatcher};
+    let engine = TransformEngine::new(Some(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasm-cache"),
+    ))
+    .unwrap();
+    let mut cases: Vec<(String, Vec<u8>, Vec<vast_processor::wasm::Message>)> =
+        sdk::transforms::BUNDLED
+            .iter()
+            .map(|t| {
+                let bytes = vast_processor::registry::bundled_bytes(t).unwrap().to_vec();
+                (
+                    t.to_string(),
+                    bytes,
+                    vast_processor::bench::messages(t, 2500),
+                )
+            })
+            .collect();
+    let mut legacy = vast_processor::bench::messages("raw-logs", 4);
+    for (m, p) in legacy.iter_mut().zip(["hello", "skip", "metric x", "fail"]) {
+        m.payload = p.as_bytes().to_vec();
+    }
+    cases.push((
+        "legacy".into(),
+        std::fs::read(vast_guest_artifacts::LEGACY_V0_1_PATH).unwrap(),
+        legacy,
+    ));
+    for (name, bytes, msgs) in cases {
+        let module = engine.load(&name, &bytes).unwrap();
+        let mut fast = TransformInstance::new(module.clone(), InstanceSettings::default()).unwrap();
+        let mut owned = TransformInstance::new(module, InstanceSettings::default()).unwrap();
+        let (mut a, mut b) = (TableBatcher::new(true), TableBatcher::new(true));
+        let mut rows = 0;
+        for batch in msgs.chunks(1024) {
+            let p = fast.process_batch(batch, NOW);
+            let o = owned.process(batch, NOW);
+            for ((m, r), r2) in batch.iter().zip(p.results()).zip(&o) {
+                let lineage = Lineage {
+                    topic: &m.topic,
+                    partition: m.partition,
+                    offset: m.offset,
+                    version: "v",
+                };
+                match (r, r2) {
+                    (MessageResult::Rows(span), MessageResult::Rows(owned_rows)) => {
+                        assert_eq!(span.len(), owned_rows.len(), "{name}");
+                        for (i, row) in p.rows(*span).enumerate() {
+                            a.push_ref(&row, i, &lineage, NOW);
+                        }
+                        for row in owned_rows {
+                            b.push(row, &lineage);
+                        }
+                        rows += span.len();
+                    }
+                    (MessageResult::Skip(x), MessageResult::Skip(y))
+                    | (MessageResult::Fail(x), MessageResult::Fail(y)) => assert_eq!(x, y),
+                    (x, y) => panic!("{name}: {x:?} vs {y:?}"),
+                }
+            }
+        }
+        assert!(rows > 0, "{name}: no rows");
+        assert_eq!(a.bytes(), b.bytes(), "{name}");
+        assert_eq!(a.finish(), b.finish(), "{name}");
     }
 }

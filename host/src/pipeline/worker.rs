@@ -5,6 +5,7 @@
 use super::{DeliveredOffsets, PipelineSpec, RunStats};
 use crate::batch::{Lineage, Table, TableBatcher};
 use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterWriter};
+use crate::rows::RowRef;
 use crate::sink::{Sink, SinkError};
 use crate::wasm::{Message, MessageResult, TransformError, TransformInstance};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -190,7 +191,7 @@ impl Worker {
         let before = instance.stats().clone();
         let (wall, cpu) = (Instant::now(), crate::metrics::thread_cpu_ns());
         let now = crate::rows::now_micros();
-        let results = instance.process(msgs, now);
+        let processed = instance.process_batch(msgs, now);
         pm.transform_seconds.observe(wall.elapsed().as_secs_f64());
         pm.transform_cpu_ns.fetch_add(
             crate::metrics::thread_cpu_ns().saturating_sub(cpu),
@@ -207,23 +208,23 @@ impl Worker {
         let module = instance.module().clone();
         let version = module.version();
         let generation = state.generation;
-        spec.live.observe(generation, &results);
+        spec.live.observe(generation, processed.results());
         spec.live.remember(msgs);
         let (mut events, mut metrics, mut skipped, mut dead) = (0u64, 0u64, 0u64, 0u64);
-        for (m, r) in msgs.iter().zip(results) {
+        for (m, r) in msgs.iter().zip(processed.results()) {
             match r {
-                MessageResult::Rows(rows) => {
+                MessageResult::Rows(span) => {
                     let lineage = Lineage {
                         topic: &m.topic,
                         partition: m.partition,
                         offset: m.offset,
                         version,
                     };
-                    for row in &rows {
-                        state.batcher.push(row, &lineage);
-                        match crate::rows::table(row) {
-                            "events" => events += 1,
-                            _ => metrics += 1,
+                    for (index, row) in processed.rows(*span).enumerate() {
+                        state.batcher.push_ref(&row, index, &lineage, now);
+                        match row {
+                            RowRef::Event(_) => events += 1,
+                            RowRef::Metric(_) => metrics += 1,
                         }
                     }
                 }
@@ -234,7 +235,7 @@ impl Worker {
                     tracing::info!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered");
                     state
                         .letters
-                        .push(dead_letter(spec, &module, m, error, "fail"));
+                        .push(dead_letter(spec, &module, m, error.clone(), "fail"));
                 }
                 MessageResult::Error(e) => {
                     dead += 1;

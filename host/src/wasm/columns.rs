@@ -1,11 +1,13 @@
 //! The host side of `vast:transform@0.2.0`'s column-wise calls: a batch of [`Message`]s
 //! becomes one [`wit::Batch`] (payloads, keys and headers in one buffer), and a
-//! [`wit::Output`] becomes one [`Outcome`] per message with whole rows, checked on the way:
-//! a guest is untrusted, so every length, offset and char boundary is verified and a
-//! malformed output is a contract breach, never a panic.
+//! [`wit::Output`] is checked once ([`check`]) and then read in place as borrowed rows
+//! ([`event`], [`metric`]): no per-row strings are built. A guest is untrusted, so every
+//! length, offset and char boundary is verified and a malformed output is a contract
+//! breach, never a panic.
 
 use super::bindings::vast::transform::types as wit;
-use super::v1::vast::transform::types::{Event, Message, Metric, MetricType, Outcome, Row};
+use super::v1::vast::transform::types::{Message, MetricType};
+use crate::rows::{EventRef, MetricRef, StrColumn, Tags};
 
 /// The batch for `messages`, which must all come from one topic (the caller splits runs).
 /// `None` when the batch's payloads or keys do not fit the contract's 32-bit offsets.
@@ -51,145 +53,33 @@ fn blobs(messages: &[Message], field: impl Fn(&Message) -> &[u8]) -> Option<wit:
     Some(wit::Blobs { bytes, ends })
 }
 
-/// One outcome per entry of `output.outcomes`, rows rebuilt from the columns; the reason
-/// when the output breaks the contract's shape.
-pub fn lift(output: &wit::Output) -> Result<Vec<Outcome>, String> {
+/// Check that `output` has the contract's shape: every column as long as its table, every
+/// string column's ends in order, within its text and on char boundaries, and the outcomes'
+/// row counts matching `tables`. After this, [`event`] and [`metric`] only slice. The
+/// error is the reason, for a contract breach.
+pub fn check(output: &wit::Output) -> Result<(), String> {
+    let claimed: u64 = output
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            wit::Outcome::Rows(n) => u64::from(*n),
+            _ => 0,
+        })
+        .sum();
+    let listed = output.tables.len() as u64;
+    if claimed > listed {
+        return Err("outcomes claim more rows than `tables` lists".into());
+    }
+    if claimed < listed {
+        return Err("`tables` lists rows that no outcome claims".into());
+    }
     let n_events = output
         .tables
         .iter()
         .filter(|t| matches!(t, wit::Table::Events))
         .count();
-    let n_metrics = output.tables.len() - n_events;
-    let mut events = EventColumns::new(&output.events, n_events)?;
-    let mut metrics = MetricColumns::new(&output.metrics, n_metrics)?;
-    let mut tables = output.tables.iter();
-    let mut outcomes = Vec::with_capacity(output.outcomes.len());
-    for o in &output.outcomes {
-        outcomes.push(match o {
-            wit::Outcome::Skip(r) => Outcome::Skip(r.clone()),
-            wit::Outcome::Fail(r) => Outcome::Fail(r.clone()),
-            wit::Outcome::Rows(n) => {
-                let mut rows = Vec::with_capacity((*n as usize).min(1024));
-                for _ in 0..*n {
-                    rows.push(match tables.next() {
-                        Some(wit::Table::Events) => Row::Event(events.next()?),
-                        Some(wit::Table::Metrics) => Row::Metric(metrics.next()?),
-                        None => return Err("outcomes claim more rows than `tables` lists".into()),
-                    });
-                }
-                Outcome::Rows(rows)
-            }
-        });
-    }
-    if tables.next().is_some() {
-        return Err("`tables` lists rows that no outcome claims".into());
-    }
-    Ok(outcomes)
-}
-
-/// A checked view of a string column.
-struct Strs<'a> {
-    name: &'static str,
-    text: &'a str,
-    ends: &'a [u32],
-}
-
-impl<'a> Strs<'a> {
-    fn new(name: &'static str, s: &'a wit::Strings, n: usize) -> Result<Self, String> {
-        if s.ends.len() != n {
-            return Err(format!(
-                "column `{name}` has {} entries for {n} rows",
-                s.ends.len()
-            ));
-        }
-        if s.ends.windows(2).any(|w| w[0] > w[1])
-            || s.ends.last().is_some_and(|&e| e as usize > s.text.len())
-        {
-            return Err(format!(
-                "column `{name}`: ends decrease or run past the text"
-            ));
-        }
-        Ok(Strs {
-            name,
-            text: &s.text,
-            ends: &s.ends,
-        })
-    }
-
-    /// String `i` (in range: checked by `new`'s length check and the callers' counts).
-    fn get(&self, i: usize) -> Result<&'a str, String> {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        self.text.get(start..self.ends[i] as usize).ok_or_else(|| {
-            format!(
-                "column `{}`: entry {i} is not on char boundaries",
-                self.name
-            )
-        })
-    }
-
-    fn owned(&self, i: usize) -> Result<String, String> {
-        self.get(i).map(str::to_string)
-    }
-}
-
-struct OptStrs<'a> {
-    present: &'a [bool],
-    values: Strs<'a>,
-}
-
-impl<'a> OptStrs<'a> {
-    fn new(name: &'static str, s: &'a wit::OptionalStrings, n: usize) -> Result<Self, String> {
-        if s.present.len() != n {
-            return Err(format!(
-                "column `{name}` has {} presence flags for {n} rows",
-                s.present.len()
-            ));
-        }
-        Ok(OptStrs {
-            present: &s.present,
-            values: Strs::new(name, &s.values, n)?,
-        })
-    }
-
-    fn owned(&self, i: usize) -> Result<Option<String>, String> {
-        match self.present[i] {
-            true => self.values.owned(i).map(Some),
-            false => Ok(None),
-        }
-    }
-}
-
-struct TagCols<'a> {
-    ends: &'a [u32],
-    keys: Strs<'a>,
-    values: Strs<'a>,
-}
-
-impl<'a> TagCols<'a> {
-    fn new(t: &'a wit::Tags, n: usize) -> Result<Self, String> {
-        let pairs = t.keys.ends.len();
-        if t.ends.len() != n
-            || t.ends.windows(2).any(|w| w[0] > w[1])
-            || t.ends.last().is_some_and(|&e| e as usize > pairs)
-        {
-            return Err(format!(
-                "column `tags`: {} row ends for {n} rows over {pairs} pairs, or ends decrease",
-                t.ends.len()
-            ));
-        }
-        Ok(TagCols {
-            ends: &t.ends,
-            keys: Strs::new("tags.keys", &t.keys, pairs)?,
-            values: Strs::new("tags.values", &t.values, pairs)?,
-        })
-    }
-
-    fn owned(&self, i: usize) -> Result<Vec<(String, String)>, String> {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        (start..self.ends[i] as usize)
-            .map(|j| Ok((self.keys.owned(j)?, self.values.owned(j)?)))
-            .collect()
-    }
+    check_events(&output.events, n_events)?;
+    check_metrics(&output.metrics, output.tables.len() - n_events)
 }
 
 fn check_len<T>(name: &str, col: &[T], n: usize) -> Result<(), String> {
@@ -203,113 +93,144 @@ fn check_len<T>(name: &str, col: &[T], n: usize) -> Result<(), String> {
     }
 }
 
-struct EventColumns<'a> {
-    c: &'a wit::Events,
-    next: usize,
-    entity_id: Strs<'a>,
-    event_type: Strs<'a>,
-    source: Strs<'a>,
-    environment: Strs<'a>,
-    message: Strs<'a>,
-    tags: TagCols<'a>,
-    attributes: Strs<'a>,
-    trace_id: OptStrs<'a>,
-    id: OptStrs<'a>,
-}
-
-impl<'a> EventColumns<'a> {
-    fn new(c: &'a wit::Events, n: usize) -> Result<Self, String> {
-        check_len("events.timestamp", &c.timestamp, n)?;
-        check_len("events.created-at", &c.created_at, n)?;
-        Ok(EventColumns {
-            c,
-            next: 0,
-            entity_id: Strs::new("events.entity-id", &c.entity_id, n)?,
-            event_type: Strs::new("events.event-type", &c.event_type, n)?,
-            source: Strs::new("events.source", &c.source, n)?,
-            environment: Strs::new("events.environment", &c.environment, n)?,
-            message: Strs::new("events.message", &c.message, n)?,
-            tags: TagCols::new(&c.tags, n)?,
-            attributes: Strs::new("events.attributes", &c.attributes, n)?,
-            trace_id: OptStrs::new("events.trace-id", &c.trace_id, n)?,
-            id: OptStrs::new("events.id", &c.id, n)?,
-        })
-    }
-
-    /// The next event row (the count was checked against `tables` in `new`).
-    fn next(&mut self) -> Result<Event, String> {
-        let i = self.next;
-        self.next += 1;
-        Ok(Event {
-            timestamp: self.c.timestamp[i],
-            entity_id: self.entity_id.owned(i)?,
-            event_type: self.event_type.owned(i)?,
-            source: self.source.owned(i)?,
-            environment: self.environment.owned(i)?,
-            message: self.message.owned(i)?,
-            tags: self.tags.owned(i)?,
-            attributes: self.attributes.owned(i)?,
-            trace_id: self.trace_id.owned(i)?,
-            id: self.id.owned(i)?,
-            created_at: self.c.created_at[i],
-        })
+fn check_strs(name: &str, s: &wit::Strings, n: usize) -> Result<(), String> {
+    check_len(name, &s.ends, n)?;
+    match StrColumn::checked(&s.text, &s.ends) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "column `{name}`: ends decrease, run past the text or are not on char boundaries"
+        )),
     }
 }
 
-struct MetricColumns<'a> {
-    c: &'a wit::Metrics,
-    next: usize,
-    metric_name: Strs<'a>,
-    entity_id: Strs<'a>,
-    source: Strs<'a>,
-    environment: Strs<'a>,
-    unit: OptStrs<'a>,
-    tags: TagCols<'a>,
-    metadata: Strs<'a>,
-    id: OptStrs<'a>,
+fn check_opt(name: &str, s: &wit::OptionalStrings, n: usize) -> Result<(), String> {
+    if s.present.len() != n {
+        return Err(format!(
+            "column `{name}` has {} presence flags for {n} rows",
+            s.present.len()
+        ));
+    }
+    check_strs(name, &s.values, n)
 }
 
-impl<'a> MetricColumns<'a> {
-    fn new(c: &'a wit::Metrics, n: usize) -> Result<Self, String> {
-        check_len("metrics.timestamp", &c.timestamp, n)?;
-        check_len("metrics.metric-value", &c.metric_value, n)?;
-        check_len("metrics.metric-type", &c.metric_type, n)?;
-        check_len("metrics.created-at", &c.created_at, n)?;
-        Ok(MetricColumns {
-            c,
-            next: 0,
-            metric_name: Strs::new("metrics.metric-name", &c.metric_name, n)?,
-            entity_id: Strs::new("metrics.entity-id", &c.entity_id, n)?,
-            source: Strs::new("metrics.source", &c.source, n)?,
-            environment: Strs::new("metrics.environment", &c.environment, n)?,
-            unit: OptStrs::new("metrics.unit", &c.unit, n)?,
-            tags: TagCols::new(&c.tags, n)?,
-            metadata: Strs::new("metrics.metadata", &c.metadata, n)?,
-            id: OptStrs::new("metrics.id", &c.id, n)?,
-        })
+fn check_tags(t: &wit::Tags, n: usize) -> Result<(), String> {
+    let pairs = t.keys.ends.len();
+    if t.ends.len() != n
+        || t.ends.windows(2).any(|w| w[0] > w[1])
+        || t.ends.last().is_some_and(|&e| e as usize > pairs)
+    {
+        return Err(format!(
+            "column `tags`: {} row ends for {n} rows over {pairs} pairs, or ends decrease",
+            t.ends.len()
+        ));
     }
+    check_strs("tags.keys", &t.keys, pairs)?;
+    check_strs("tags.values", &t.values, pairs)
+}
 
-    fn next(&mut self) -> Result<Metric, String> {
-        let i = self.next;
-        self.next += 1;
-        Ok(Metric {
-            metric_name: self.metric_name.owned(i)?,
-            entity_id: self.entity_id.owned(i)?,
-            timestamp: self.c.timestamp[i],
-            source: self.source.owned(i)?,
-            environment: self.environment.owned(i)?,
-            metric_value: self.c.metric_value[i],
-            metric_type: match self.c.metric_type[i] {
-                wit::MetricType::Gauge => MetricType::Gauge,
-                wit::MetricType::Counter => MetricType::Counter,
-                wit::MetricType::Histogram => MetricType::Histogram,
-            },
-            unit: self.unit.owned(i)?,
-            tags: self.tags.owned(i)?,
-            metadata: self.metadata.owned(i)?,
-            created_at: self.c.created_at[i],
-            id: self.id.owned(i)?,
-        })
+fn check_events(c: &wit::Events, n: usize) -> Result<(), String> {
+    check_len("events.timestamp", &c.timestamp, n)?;
+    check_len("events.created-at", &c.created_at, n)?;
+    check_strs("events.entity-id", &c.entity_id, n)?;
+    check_strs("events.event-type", &c.event_type, n)?;
+    check_strs("events.source", &c.source, n)?;
+    check_strs("events.environment", &c.environment, n)?;
+    check_strs("events.message", &c.message, n)?;
+    check_tags(&c.tags, n)?;
+    check_strs("events.attributes", &c.attributes, n)?;
+    check_opt("events.trace-id", &c.trace_id, n)?;
+    check_opt("events.id", &c.id, n)
+}
+
+fn check_metrics(c: &wit::Metrics, n: usize) -> Result<(), String> {
+    check_len("metrics.timestamp", &c.timestamp, n)?;
+    check_len("metrics.metric-value", &c.metric_value, n)?;
+    check_len("metrics.metric-type", &c.metric_type, n)?;
+    check_len("metrics.created-at", &c.created_at, n)?;
+    check_strs("metrics.metric-name", &c.metric_name, n)?;
+    check_strs("metrics.entity-id", &c.entity_id, n)?;
+    check_strs("metrics.source", &c.source, n)?;
+    check_strs("metrics.environment", &c.environment, n)?;
+    check_opt("metrics.unit", &c.unit, n)?;
+    check_tags(&c.tags, n)?;
+    check_strs("metrics.metadata", &c.metadata, n)?;
+    check_opt("metrics.id", &c.id, n)
+}
+
+/// A column of an output that passed [`check`] (not re-checked: this runs per row and
+/// column; an unchecked column would only yield wrong text, never a panic).
+fn col(s: &wit::Strings) -> StrColumn<'_> {
+    StrColumn::trusted(&s.text, &s.ends)
+}
+
+fn opt(s: &wit::OptionalStrings, i: usize) -> Option<&str> {
+    s.present
+        .get(i)
+        .copied()
+        .unwrap_or_default()
+        .then(|| col(&s.values).get(i))
+}
+
+fn tags(t: &wit::Tags, i: usize) -> Tags<'_> {
+    let end = t.ends.get(i).copied().unwrap_or_default() as usize;
+    let start = match i {
+        0 => 0,
+        _ => t.ends.get(i - 1).copied().unwrap_or_default() as usize,
+    };
+    Tags::Columns {
+        keys: col(&t.keys),
+        values: col(&t.values),
+        start,
+        end,
+    }
+}
+
+/// Event row `i` of an output that passed [`check`].
+pub fn event(c: &wit::Events, i: usize) -> EventRef<'_> {
+    EventRef {
+        timestamp: c.timestamp.get(i).copied().flatten(),
+        entity_id: col(&c.entity_id).get(i),
+        event_type: col(&c.event_type).get(i),
+        source: col(&c.source).get(i),
+        environment: col(&c.environment).get(i),
+        message: col(&c.message).get(i),
+        tags: tags(&c.tags, i),
+        attributes: col(&c.attributes).get(i),
+        trace_id: opt(&c.trace_id, i),
+        id: opt(&c.id, i),
+        created_at: c.created_at.get(i).copied().flatten(),
+    }
+}
+
+/// The `attributes` of event row `i` (all the host checks of a row's content).
+pub fn event_attributes(c: &wit::Events, i: usize) -> &str {
+    col(&c.attributes).get(i)
+}
+
+/// The `metadata` of metric row `i`.
+pub fn metric_metadata(c: &wit::Metrics, i: usize) -> &str {
+    col(&c.metadata).get(i)
+}
+
+/// Metric row `i` of an output that passed [`check`].
+pub fn metric(c: &wit::Metrics, i: usize) -> MetricRef<'_> {
+    MetricRef {
+        metric_name: col(&c.metric_name).get(i),
+        entity_id: col(&c.entity_id).get(i),
+        timestamp: c.timestamp.get(i).copied().flatten(),
+        source: col(&c.source).get(i),
+        environment: col(&c.environment).get(i),
+        metric_value: c.metric_value.get(i).copied().unwrap_or_default(),
+        metric_type: match c.metric_type.get(i) {
+            Some(wit::MetricType::Counter) => MetricType::Counter,
+            Some(wit::MetricType::Histogram) => MetricType::Histogram,
+            _ => MetricType::Gauge,
+        },
+        unit: opt(&c.unit, i),
+        tags: tags(&c.tags, i),
+        metadata: col(&c.metadata).get(i),
+        created_at: c.created_at.get(i).copied().flatten(),
+        id: opt(&c.id, i),
     }
 }
 
@@ -441,28 +362,52 @@ mod tests {
     }
 
     #[test]
-    fn lifting_rebuilds_rows_per_message() {
-        let out = lift(&output()).unwrap();
-        assert_eq!(out.len(), 4);
-        assert_eq!(out[0], Outcome::Skip("s".into()));
-        assert_eq!(out[2], Outcome::Fail("f".into()));
-        assert_eq!(out[3], Outcome::Rows(vec![]));
-        let Outcome::Rows(rows) = &out[1] else {
-            panic!("rows expected")
-        };
-        let Row::Metric(m) = &rows[0] else {
-            panic!("metric expected")
-        };
+    fn checked_outputs_are_read_in_place() {
+        let o = output();
+        check(&o).unwrap();
+        let m = metric(&o.metrics, 0);
         assert_eq!(m.metric_name, "cpu");
-        assert_eq!(m.unit.as_deref(), Some("%"));
-        assert_eq!(m.id, None);
-        assert_eq!(m.tags, [("a".into(), "1".into()), ("b".into(), "é".into())]);
+        assert_eq!(m.unit, Some("%"));
+        assert_eq!((m.id, m.timestamp, m.created_at), (None, Some(1), None));
+        assert_eq!(m.metric_type, MetricType::Gauge);
+        assert_eq!(m.tags.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "é")]);
+        let mut o = output();
+        o.events = two_events();
+        o.tables = vec![wit::Table::Events, wit::Table::Metrics, wit::Table::Events];
+        o.outcomes[3] = wit::Outcome::Rows(2);
+        check(&o).unwrap();
+        let (e0, e1) = (event(&o.events, 0), event(&o.events, 1));
+        assert_eq!((e0.message, e1.message), ("first", "second ✓"));
+        assert_eq!((e0.trace_id, e1.trace_id), (Some("t"), None));
+        assert_eq!(e0.tags.len(), 0);
+        assert_eq!(e1.tags.iter().collect::<Vec<_>>(), [("k", "v")]);
+        assert_eq!((e0.timestamp, e1.created_at), (None, Some(9)));
+    }
+
+    fn two_events() -> wit::Events {
+        wit::Events {
+            timestamp: vec![None, Some(3)],
+            entity_id: strings(&["a", "b"]),
+            event_type: strings(&["log", "log"]),
+            source: strings(&["s", "s"]),
+            environment: strings(&["p", "p"]),
+            message: strings(&["first", "second ✓"]),
+            tags: wit::Tags {
+                ends: vec![0, 1],
+                keys: strings(&["k"]),
+                values: strings(&["v"]),
+            },
+            attributes: strings(&["{}", "{}"]),
+            trace_id: opt(&[Some("t"), None]),
+            id: opt(&[None, Some("x")]),
+            created_at: vec![None, Some(9)],
+        }
     }
 
     #[test]
     fn malformed_outputs_are_contract_errors() {
         type Break = fn(&mut wit::Output);
-        let breaks: [(&str, Break); 7] = [
+        let breaks: [(&str, Break); 8] = [
             ("more rows", |o| o.outcomes[3] = wit::Outcome::Rows(1)),
             ("no outcome claims", |o| {
                 o.outcomes[1] = wit::Outcome::Rows(0)
@@ -472,11 +417,12 @@ mod tests {
             ("boundaries", |o| o.metrics.tags.values.ends = vec![1, 2]),
             ("presence", |o| o.metrics.unit.present.clear()),
             ("pairs", |o| o.metrics.tags.ends = vec![3]),
+            ("past the text", |o| o.metrics.metadata.ends = vec![3]),
         ];
         for (want, f) in breaks {
             let mut o = output();
             f(&mut o);
-            let err = lift(&o).unwrap_err();
+            let err = check(&o).unwrap_err();
             assert!(err.contains(want), "{want}: {err}");
         }
     }

@@ -15,7 +15,7 @@ pub use cache::default_dir as default_cache_dir;
 pub use limits::Limits;
 
 use crate::enrichment::Enrichment;
-use crate::rows::{self, RowError};
+use crate::rows::{self, RowRef};
 use capture::Capture;
 use limits::MemoryLimiter;
 use sha2::{Digest, Sha256};
@@ -97,17 +97,214 @@ impl TransformError {
     }
 }
 
-/// The result for one input message, after host-side checks and host-assigned columns.
+/// The result for one input message, after host-side checks. `R` holds its rows: a
+/// [`RowSpan`] into a [`Processed`] on the hot path ([`TransformInstance::process_batch`]),
+/// owned rows with the host columns filled otherwise ([`TransformInstance::process`]).
 #[derive(Debug, Clone, PartialEq)]
-pub enum MessageResult {
+pub enum MessageResult<R = Vec<Row>> {
     /// Rows for the output tables (possibly none).
-    Rows(Vec<Row>),
+    Rows(R),
     /// Filtered on purpose by the transform.
     Skip(String),
     /// The transform reported bad input.
     Fail(String),
     /// The host could not get a valid result for this message (trap, contract breach).
     Error(TransformError),
+}
+
+/// One message's rows within a [`Processed`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowSpan {
+    start: usize,
+    end: usize,
+}
+
+impl RowSpan {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True when the message produced no rows.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// Where a row lives: in a checked 0.2.0 output (read in place) or an owned 0.1.0 row.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Event { out: u32, i: u32 },
+    Metric { out: u32, i: u32 },
+    Owned(u32),
+}
+
+/// The rows of one batch, kept as the transform returned them.
+#[derive(Default)]
+struct RowStore {
+    outputs: Vec<bindings::vast::transform::types::Output>,
+    owned: Vec<Row>,
+    slots: Vec<Slot>,
+}
+
+impl RowStore {
+    fn mark(&self) -> (usize, usize, usize) {
+        (self.outputs.len(), self.owned.len(), self.slots.len())
+    }
+
+    /// Forget what was added since `mark` (a call whose outcomes are discarded).
+    fn reset(&mut self, (outputs, owned, slots): (usize, usize, usize)) {
+        self.outputs.truncate(outputs);
+        self.owned.truncate(owned);
+        self.slots.truncate(slots);
+    }
+
+    fn row(&self, slot: Slot) -> RowRef<'_> {
+        match slot {
+            Slot::Event { out, i } => RowRef::Event(columns::event(
+                &self.outputs[out as usize].events,
+                i as usize,
+            )),
+            Slot::Metric { out, i } => RowRef::Metric(columns::metric(
+                &self.outputs[out as usize].metrics,
+                i as usize,
+            )),
+            Slot::Owned(i) => RowRef::from(&self.owned[i as usize]),
+        }
+    }
+
+    /// [`RowRef::check`] of one row, reading only the column it checks.
+    fn check(&self, slot: Slot) -> Result<(), String> {
+        match slot {
+            Slot::Event { out, i } => rows::check_object(
+                "attributes",
+                columns::event_attributes(&self.outputs[out as usize].events, i as usize),
+            ),
+            Slot::Metric { out, i } => rows::check_object(
+                "metadata",
+                columns::metric_metadata(&self.outputs[out as usize].metrics, i as usize),
+            ),
+            Slot::Owned(i) => RowRef::from(&self.owned[i as usize]).check(),
+        }
+    }
+
+    fn rows(&self, span: RowSpan) -> impl ExactSizeIterator<Item = RowRef<'_>> + '_ {
+        self.slots[span.start..span.end]
+            .iter()
+            .map(|&slot| self.row(slot))
+    }
+
+    /// The outcomes of a 0.1.0 call, its rows moved into the store.
+    fn add_owned(&mut self, outs: Vec<Outcome>) -> Vec<MessageResult<RowSpan>> {
+        outs.into_iter()
+            .map(|o| match o {
+                Outcome::Skip(r) => MessageResult::Skip(r),
+                Outcome::Fail(r) => MessageResult::Fail(r),
+                Outcome::Rows(rows) => {
+                    let start = self.slots.len();
+                    for row in rows {
+                        self.slots.push(Slot::Owned(self.owned.len() as u32));
+                        self.owned.push(row);
+                    }
+                    MessageResult::Rows(RowSpan {
+                        start,
+                        end: self.slots.len(),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// The outcomes of a 0.2.0 call whose output passed [`columns::check`]; the output is
+    /// kept and its rows are read in place.
+    fn add_output(
+        &mut self,
+        mut output: bindings::vast::transform::types::Output,
+    ) -> Vec<MessageResult<RowSpan>> {
+        use bindings::vast::transform::types as wit;
+        let out = self.outputs.len() as u32;
+        let mut tables = output.tables.iter();
+        let (mut events, mut metrics) = (0u32, 0u32);
+        let results = std::mem::take(&mut output.outcomes)
+            .into_iter()
+            .map(|o| match o {
+                wit::Outcome::Skip(r) => MessageResult::Skip(r),
+                wit::Outcome::Fail(r) => MessageResult::Fail(r),
+                wit::Outcome::Rows(n) => {
+                    let start = self.slots.len();
+                    // `check` matched the outcomes' counts against `tables`.
+                    for t in tables.by_ref().take(n as usize) {
+                        self.slots.push(match t {
+                            wit::Table::Events => {
+                                events += 1;
+                                Slot::Event { out, i: events - 1 }
+                            }
+                            wit::Table::Metrics => {
+                                metrics += 1;
+                                Slot::Metric {
+                                    out,
+                                    i: metrics - 1,
+                                }
+                            }
+                        });
+                    }
+                    MessageResult::Rows(RowSpan {
+                        start,
+                        end: self.slots.len(),
+                    })
+                }
+            })
+            .collect();
+        self.outputs.push(output);
+        results
+    }
+}
+
+/// One batch's results, one per message in order, with the rows kept as the transform
+/// returned them: read them with [`Processed::rows`] (borrowed, no copies) or take them
+/// owned and completed with [`Processed::into_owned`].
+pub struct Processed {
+    results: Vec<MessageResult<RowSpan>>,
+    store: RowStore,
+    now_us: i64,
+}
+
+impl Processed {
+    /// One result per input message, in order.
+    pub fn results(&self) -> &[MessageResult<RowSpan>] {
+        &self.results
+    }
+
+    /// The rows of one message (a span from [`Processed::results`]), as the transform
+    /// returned them: host columns are filled by whoever stores them.
+    pub fn rows(&self, span: RowSpan) -> impl ExactSizeIterator<Item = RowRef<'_>> + '_ {
+        self.store.rows(span)
+    }
+
+    /// The results with owned rows, host columns filled (`batch` is the processed batch).
+    pub fn into_owned(self, batch: &[Message]) -> Vec<MessageResult> {
+        let Processed {
+            results,
+            store,
+            now_us,
+        } = self;
+        results
+            .into_iter()
+            .zip(batch)
+            .map(|(r, m)| match r {
+                MessageResult::Rows(span) => MessageResult::Rows(
+                    store
+                        .rows(span)
+                        .enumerate()
+                        .map(|(index, row)| row.to_row(m, index, now_us))
+                        .collect(),
+                ),
+                MessageResult::Skip(r) => MessageResult::Skip(r),
+                MessageResult::Fail(r) => MessageResult::Fail(r),
+                MessageResult::Error(e) => MessageResult::Error(e),
+            })
+            .collect()
+    }
 }
 
 /// Owns the wasmtime engine shared by every transform of the process.
@@ -564,27 +761,38 @@ impl TransformInstance {
         }
     }
 
-    /// Call `process` once; on a trap, the instance is dropped (rebuilt on the next call).
-    fn call(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, TransformError> {
+    /// Call `process` once, its rows added to `store`; on a trap, the instance is dropped
+    /// (rebuilt on the next call).
+    fn call(
+        &mut self,
+        batch: &[Message],
+        store: &mut RowStore,
+    ) -> Result<Vec<MessageResult<RowSpan>>, TransformError> {
         let mut live = match self.live.take() {
             Some(l) => l,
             None => self.instantiate()?,
         };
+        let mark = store.mark();
         let result = match &live.bindings {
             Bindings::V1(b) => {
                 self.stats.calls += 1;
                 self.arm_deadline(&mut live.store);
-                b.call_process(&mut live.store, batch).map(Ok)
+                b.call_process(&mut live.store, batch)
+                    .map(|outs| Ok(store.add_owned(outs)))
             }
-            Bindings::Columns(b) => self.call_columns(b, &mut live.store, batch),
+            Bindings::Columns(b) => self.call_columns(b, &mut live.store, batch, store),
         };
         match result {
             Ok(outs) => {
                 self.drain_output(&mut live.store);
                 self.live = Some(live);
+                if outs.is_err() {
+                    store.reset(mark);
+                }
                 outs
             }
             Err(e) => {
+                store.reset(mark);
                 self.stats.traps += 1;
                 let err = self.classify(&mut live.store, e);
                 tracing::warn!(transform = %self.module.version, error = %err, batch = batch.len(), "transform trapped; instance will be rebuilt");
@@ -600,7 +808,8 @@ impl TransformInstance {
         b: &bindings::Transform,
         store: &mut Store<StoreState>,
         batch: &[Message],
-    ) -> wasmtime::Result<Result<Vec<Outcome>, TransformError>> {
+        rows: &mut RowStore,
+    ) -> wasmtime::Result<Result<Vec<MessageResult<RowSpan>>, TransformError>> {
         let contract = |reason: String| TransformError::Contract {
             version: self.module.version.clone(),
             reason,
@@ -615,80 +824,103 @@ impl TransformInstance {
             self.stats.calls += 1;
             self.arm_deadline(store);
             let output = b.call_process(&mut *store, &input)?;
-            match columns::lift(&output) {
-                Ok(o) => outs.extend(o),
-                Err(reason) => return Ok(Err(contract(reason))),
+            if let Err(reason) = columns::check(&output) {
+                return Ok(Err(contract(reason)));
             }
+            outs.extend(rows.add_output(output));
         }
         Ok(Ok(outs))
     }
 
-    /// Process one batch: exactly one result per message, in order. `now_us` is the
-    /// processing time used for host-assigned columns.
+    /// Process one batch: exactly one result per message, in order, with owned rows and
+    /// the host columns filled (`now_us` is the processing time). See
+    /// [`TransformInstance::process_batch`] for the hot path.
+    pub fn process(&mut self, batch: &[Message], now_us: i64) -> Vec<MessageResult> {
+        self.process_batch(batch, now_us).into_owned(batch)
+    }
+
+    /// Process one batch: exactly one result per message, in order, rows left where the
+    /// transform put them. `now_us` is the processing time for host-assigned columns.
     ///
     /// Poison isolation: if the batch call traps (or breaks the one-outcome-per-message
     /// contract), its messages are re-run one at a time so only the culprits fail.
-    pub fn process(&mut self, batch: &[Message], now_us: i64) -> Vec<MessageResult> {
+    pub fn process_batch(&mut self, batch: &[Message], now_us: i64) -> Processed {
+        let mut p = Processed {
+            results: Vec::with_capacity(batch.len()),
+            store: RowStore::default(),
+            now_us,
+        };
         if batch.is_empty() {
-            return Vec::new();
+            return p;
         }
-        let outs = match self.call(batch) {
+        let mark = p.store.mark();
+        let outs = match self.call(batch, &mut p.store) {
             Ok(outs) if outs.len() == batch.len() => Some(outs),
             Ok(outs) => {
                 tracing::warn!(transform = %self.module.version, expected = batch.len(), got = outs.len(), "transform returned the wrong number of outcomes; retrying one message at a time");
+                p.store.reset(mark);
                 None
             }
-            Err(e) if batch.len() == 1 => return vec![MessageResult::Error(e)],
+            Err(e) if batch.len() == 1 => {
+                p.results.push(MessageResult::Error(e));
+                return p;
+            }
             Err(_) => None,
         };
         match outs {
-            Some(outs) => batch
-                .iter()
-                .zip(outs)
-                .map(|(m, o)| self.finish(m, o, now_us))
-                .collect(),
-            None => batch
-                .iter()
-                .map(|m| match self.call(std::slice::from_ref(m)) {
-                    Ok(mut outs) if outs.len() == 1 => {
-                        let o = outs.pop().expect("length checked");
-                        self.finish(m, o, now_us)
-                    }
-                    Ok(outs) => MessageResult::Error(TransformError::Contract {
-                        version: self.module.version.clone(),
-                        reason: format!("returned {} outcomes for 1 message", outs.len()),
-                    }),
-                    Err(e) => MessageResult::Error(e),
-                })
-                .collect(),
-        }
-    }
-
-    fn finish(&self, m: &Message, o: Outcome, now_us: i64) -> MessageResult {
-        match o {
-            Outcome::Skip(r) => MessageResult::Skip(r),
-            Outcome::Fail(r) => MessageResult::Fail(r),
-            Outcome::Rows(mut rows) => {
-                if rows.len() > self.settings.limits.max_rows_per_message {
-                    return MessageResult::Error(TransformError::Contract {
-                        version: self.module.version.clone(),
-                        reason: format!(
-                            "produced {} rows for one message, over the limit of {} (limits.max_rows_per_message)",
-                            rows.len(),
-                            self.settings.limits.max_rows_per_message
-                        ),
-                    });
+            Some(outs) => {
+                for o in outs {
+                    let r = self.finish(&p.store, o);
+                    p.results.push(r);
                 }
-                match rows::complete(&mut rows, m, now_us) {
-                    Ok(()) => MessageResult::Rows(rows),
-                    Err(RowError { index, reason }) => {
-                        MessageResult::Error(TransformError::Contract {
-                            version: self.module.version.clone(),
-                            reason: format!("row {index}: {reason}"),
-                        })
-                    }
+            }
+            None => {
+                for m in batch {
+                    let mark = p.store.mark();
+                    let r = match self.call(std::slice::from_ref(m), &mut p.store) {
+                        Ok(mut outs) if outs.len() == 1 => {
+                            let o = outs.pop().expect("length checked");
+                            self.finish(&p.store, o)
+                        }
+                        Ok(outs) => {
+                            p.store.reset(mark);
+                            MessageResult::Error(TransformError::Contract {
+                                version: self.module.version.clone(),
+                                reason: format!("returned {} outcomes for 1 message", outs.len()),
+                            })
+                        }
+                        Err(e) => MessageResult::Error(e),
+                    };
+                    p.results.push(r);
                 }
             }
         }
+        p
+    }
+
+    /// The host's checks of one message's rows: the row limit, and columns it cannot store.
+    fn finish(&self, store: &RowStore, o: MessageResult<RowSpan>) -> MessageResult<RowSpan> {
+        let MessageResult::Rows(span) = o else {
+            return o;
+        };
+        let contract = |reason| {
+            MessageResult::Error(TransformError::Contract {
+                version: self.module.version.clone(),
+                reason,
+            })
+        };
+        if span.len() > self.settings.limits.max_rows_per_message {
+            return contract(format!(
+                "produced {} rows for one message, over the limit of {} (limits.max_rows_per_message)",
+                span.len(),
+                self.settings.limits.max_rows_per_message
+            ));
+        }
+        for (index, &slot) in store.slots[span.start..span.end].iter().enumerate() {
+            if let Err(reason) = store.check(slot) {
+                return contract(format!("row {index}: {reason}"));
+            }
+        }
+        MessageResult::Rows(span)
     }
 }
