@@ -1,38 +1,141 @@
 //! Gzip detection and bounded decompression.
+//!
+//! The gzip framing (RFC 1952) is read here and the deflate data inflated with
+//! `miniz_oxide`'s core decompressor, straight into the output buffer and with one
+//! decompressor state per thread: building that state per message (what `flate2`'s readers
+//! do: a fresh 43 KiB state, zeroed and moved into a box, then every byte copied out of its
+//! 32 KiB window) cost more than inflating a typical OTLP export (BENCHMARKS.md).
 
+use miniz_oxide::inflate::TINFLStatus;
+use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
 use std::borrow::Cow;
-use std::io::Read;
+use std::cell::RefCell;
 
 /// Decompressed payloads larger than this are refused, so a gzip bomb cannot exhaust the
 /// instance's memory (64 MiB by default; the buffer may grow to twice this while reading).
 pub const MAX_DECOMPRESSED: usize = 16 * 1024 * 1024;
+
+thread_local! {
+    // A guest has one thread; the state's tables are rebuilt for every deflate block, so
+    // reuse leaks nothing between messages (`init` restarts it).
+    static DECOMPRESSOR: RefCell<Box<DecompressorOxide>> = RefCell::new(Box::default());
+}
 
 /// True when `bytes` start with the gzip magic number `1f 8b`.
 pub fn is_gzip(bytes: &[u8]) -> bool {
     bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
 }
 
-/// Return `bytes` decompressed when they are gzip, unchanged otherwise.
+/// Return `bytes` decompressed when they are gzip (every member of a multi-member file,
+/// CRC and size checked), unchanged otherwise.
 pub fn maybe_gunzip(bytes: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     if !is_gzip(bytes) {
         return Ok(Cow::Borrowed(bytes));
     }
-    // Read straight into `out`, and from the slice itself (`bufread`): a zeroed 64 KiB
-    // chunk and the `read::` decoder's zeroed 32 KiB buffer per message cost more than
-    // inflating a typical OTLP export (BENCHMARKS.md). One byte past the limit tells a bomb
-    // from a payload of exactly the limit.
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    flate2::bufread::MultiGzDecoder::new(bytes)
-        .take(MAX_DECOMPRESSED as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("invalid gzip data: {e}"))?;
-    if out.len() > MAX_DECOMPRESSED {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    DECOMPRESSOR.with_borrow_mut(|d| {
+        while !rest.is_empty() {
+            let data = &rest[header_len(rest)?..];
+            let start = out.len();
+            let used = inflate(d, data, &mut out)?;
+            let trailer = data
+                .get(used..used + 8)
+                .ok_or("invalid gzip data: truncated trailer")?;
+            let word = |i: usize| {
+                u32::from_le_bytes([trailer[i], trailer[i + 1], trailer[i + 2], trailer[i + 3]])
+            };
+            if crc32fast::hash(&out[start..]) != word(0) {
+                return Err("invalid gzip data: CRC mismatch".to_string());
+            }
+            if (out.len() - start) as u32 != word(4) {
+                return Err("invalid gzip data: size mismatch".to_string());
+            }
+            rest = &data[used + 8..];
+        }
+        Ok(())
+    })?;
+    Ok(Cow::Owned(out))
+}
+
+/// Length of the gzip member header at the start of `b` (RFC 1952 section 2.3).
+fn header_len(b: &[u8]) -> Result<usize, String> {
+    const FHCRC: u8 = 2;
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    let truncated = || "invalid gzip data: truncated header".to_string();
+    if !is_gzip(b) {
+        return Err("invalid gzip data: trailing bytes after the last member".into());
+    }
+    let fixed = b.get(..10).ok_or_else(truncated)?;
+    if fixed[2] != 8 {
         return Err(format!(
-            "gzip payload decompresses to more than {} MiB; refused",
-            MAX_DECOMPRESSED / (1024 * 1024)
+            "invalid gzip data: compression method {} (only deflate is defined)",
+            fixed[2]
         ));
     }
-    Ok(Cow::Owned(out))
+    let flags = fixed[3];
+    if flags & 0xe0 != 0 {
+        return Err("invalid gzip data: reserved header flags set".into());
+    }
+    let mut pos = 10;
+    if flags & FEXTRA != 0 {
+        let len = b.get(pos..pos + 2).ok_or_else(truncated)?;
+        pos += 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
+    }
+    for field in [FNAME, FCOMMENT] {
+        if flags & field != 0 {
+            let text = b.get(pos..).ok_or_else(truncated)?;
+            pos += memchr::memchr(0, text).ok_or_else(truncated)? + 1;
+        }
+    }
+    if flags & FHCRC != 0 {
+        pos += 2;
+    }
+    if pos > b.len() {
+        return Err(truncated());
+    }
+    Ok(pos)
+}
+
+/// Inflate the raw deflate stream at the start of `input`, appending to `out` (whose total
+/// length stays within [`MAX_DECOMPRESSED`]); the number of input bytes it took.
+fn inflate(d: &mut DecompressorOxide, input: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+    // The output buffer holds the whole member, so back-references read it directly
+    // (no separate window); the member's slice starts at `start` so they cannot reach into
+    // an earlier member. One byte past the limit tells a bomb from a payload of exactly it.
+    let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+    let cap = MAX_DECOMPRESSED + 1;
+    let start = out.len();
+    d.init();
+    out.resize((start + input.len().saturating_mul(4).max(256)).min(cap), 0);
+    let (mut taken, mut pos) = (0, 0);
+    loop {
+        let (status, read, written) = decompress(d, &input[taken..], &mut out[start..], pos, flags);
+        taken += read;
+        pos += written;
+        match status {
+            TINFLStatus::Done => {
+                out.truncate(start + pos);
+                return Ok(taken);
+            }
+            TINFLStatus::HasMoreOutput if out.len() < cap => {
+                let grown = out.len().saturating_mul(2).min(cap);
+                out.resize(grown, 0);
+            }
+            TINFLStatus::HasMoreOutput => {
+                return Err(format!(
+                    "gzip payload decompresses to more than {} MiB; refused",
+                    MAX_DECOMPRESSED / (1024 * 1024)
+                ));
+            }
+            TINFLStatus::FailedCannotMakeProgress | TINFLStatus::NeedsMoreInput => {
+                return Err("invalid gzip data: truncated deflate stream".into());
+            }
+            other => return Err(format!("invalid gzip data: {other:?}")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +186,83 @@ mod tests {
         let g = gz(&vec![0u8; MAX_DECOMPRESSED + 10]);
         let err = maybe_gunzip(&g).unwrap_err();
         assert!(err.contains("refused"), "{err}");
+    }
+
+    #[test]
+    fn optional_header_fields_are_skipped() {
+        let mut e = flate2::GzBuilder::new()
+            .filename("export.pb")
+            .comment("from the collector")
+            .extra(vec![1, 2, 3, 4])
+            .write(Vec::new(), flate2::Compression::best());
+        e.write_all(b"with every header field").unwrap();
+        let mut g = e.finish().unwrap();
+        assert_eq!(
+            maybe_gunzip(&g).unwrap().as_ref(),
+            b"with every header field"
+        );
+        // FHCRC: the header's own CRC16 (two bytes after the optional fields).
+        g[3] |= 2;
+        let data_start = 10 + 2 + 4 + b"export.pb\0".len() + b"from the collector\0".len();
+        g.splice(data_start..data_start, [0xaa, 0xbb]);
+        assert_eq!(
+            maybe_gunzip(&g).unwrap().as_ref(),
+            b"with every header field"
+        );
+    }
+
+    #[test]
+    fn damaged_members_are_errors_and_the_next_message_still_inflates() {
+        let g = gz(b"the quick brown fox jumps over the lazy dog, twice: the quick brown fox");
+        let n = g.len();
+        let mut bad_crc = g.clone();
+        bad_crc[n - 8] ^= 1;
+        let mut bad_size = g.clone();
+        bad_size[n - 1] ^= 1;
+        let mut trailing = g.clone();
+        trailing.extend_from_slice(b"xyz");
+        let mut method = g.clone();
+        method[2] = 7;
+        let mut corrupt = g.clone();
+        corrupt[10] = 0xff;
+        for (bad, want) in [
+            (bad_crc, "CRC"),
+            (bad_size, "size"),
+            (trailing, "trailing"),
+            (method, "method"),
+            (corrupt, "invalid gzip data"),
+            (g[..5].to_vec(), "truncated"),
+            (g[..n - 3].to_vec(), "truncated"),
+        ] {
+            let err = maybe_gunzip(&bad).unwrap_err();
+            assert!(err.contains(want), "{want}: {err}");
+            // The per-thread decompressor starts clean after a failure.
+            assert_eq!(maybe_gunzip(&gz(b"next")).unwrap().as_ref(), b"next");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any data, split into any number of members at any level, comes back whole.
+        #[test]
+        fn round_trips_through_members(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+            cuts in proptest::collection::vec(0usize..20_000, 0..4),
+            level in 0u32..10,
+            repeat in 1usize..4,
+        ) {
+            let data: Vec<u8> = data.iter().copied().cycle().take(data.len() * repeat).collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.push(0);
+            cuts.push(data.len());
+            cuts.sort();
+            let mut g = Vec::new();
+            for w in cuts.windows(2) {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+                e.write_all(&data[w[0]..w[1]]).unwrap();
+                g.extend(e.finish().unwrap());
+            }
+            let back = maybe_gunzip(&g).unwrap();
+            proptest::prop_assert_eq!(back.as_ref(), &data[..]);
+        }
     }
 }
