@@ -137,6 +137,10 @@ fn every_environment_variable_is_in_env_example_and_the_readme() {
         assert!(vars.contains(v), ".env.example lacks {v}");
         assert!(readme.contains(v), "README.md does not mention {v}");
     }
+    // Read by the allocator and `main` before `.env` is loaded: documented, not in the file.
+    for v in ["MIMALLOC_PURGE_DELAY", "MIMALLOC_ALLOW_THP"] {
+        assert!(readme.contains(v), "README.md does not mention {v}");
+    }
     assert!(
         vars.iter().any(|v| v.starts_with("KAFKA_PROPERTY_")),
         ".env.example shows no KAFKA_PROPERTY_ example"

@@ -2,7 +2,7 @@
 //! host-side checks and host-assigned columns, and JSON rendering.
 
 use crate::wasm::{Event, Message, Metric, MetricType, Row};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// A string column as one text buffer plus end offsets (Arrow's Utf8 layout), as a 0.2.0
 /// guest returns it. Built only by the runtime after checking that every end is in order,
@@ -310,15 +310,6 @@ pub fn table(row: &Row) -> &'static str {
         Row::Event(_) => "events",
         Row::Metric(_) => "metrics",
     }
-}
-
-/// Tags as the JSON object text stored in the `tags` column (later keys win).
-pub fn tags_json(tags: &[(String, String)]) -> String {
-    let mut map = Map::with_capacity(tags.len());
-    for (k, v) in tags {
-        map.insert(k.clone(), Value::String(v.clone()));
-    }
-    Value::Object(map).to_string()
 }
 
 fn tags_value(tags: &[(String, String)]) -> Value {
