@@ -166,6 +166,31 @@ impl Sink for EncodeOnlySink {
     }
 }
 
+/// Create `topic` with `partitions` partitions. Production topics have at least as many
+/// partitions as consumers; an auto-created topic gets the broker's default (one on
+/// tansu), which would leave all but one worker idle.
+fn create_topic(addr: &str, topic: &str, partitions: usize) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()?;
+    let new = NewTopic::new(
+        topic,
+        i32::try_from(partitions.max(1))?,
+        TopicReplication::Fixed(1),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = tokio::runtime::Builder::new_current_thread()
+        .build()?
+        .block_on(admin.create_topics([&new], &options))?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Read `n` records of `topic` from the beginning with a bare consumer (no processing).
 fn broker_read(addr: &str, topic: &str, n: usize, bytes: usize) -> anyhow::Result<Measurement> {
     use rdkafka::config::ClientConfig;
@@ -429,6 +454,7 @@ fn end_to_end(
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let topic = format!("bench-raw-logs-{}", std::process::id());
+    create_topic(addr, &topic, 2 * opts.workers)?;
     let msgs = messages("raw-logs", opts.messages);
     let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
     let p: BaseProducer = ClientConfig::new()
