@@ -428,13 +428,17 @@ impl Sink for SlowSink {
     }
 }
 
-/// 3000 raw-logs records over `partitions` partitions through two workers with 64-message
-/// queues and a sink that takes 40 ms per write; the run's stats once every row is written.
-/// The queues stay bounded and every row lands exactly once.
-fn slow_sink_run(partitions: u32) -> Arc<RunStats> {
+/// `records` raw-logs records over `partitions` partitions through two workers with
+/// 64-message queues and a sink that takes `delay` per write of at most 100 rows; the run's
+/// stats once every row is written. The queues stay bounded and every row lands exactly once.
+fn slow_sink_run(partitions: u32, records: usize, delay: Duration) -> Arc<RunStats> {
     let broker = Broker::start();
     broker.create_topic("raw-logs", partitions);
-    let produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 3000, 0, 4));
+    let produced = produce(
+        &broker.addr,
+        "raw-logs",
+        &generated("raw-logs", records, 0, 4),
+    );
     let dir = tempfile::tempdir().unwrap();
     let text = test_config(
         &broker,
@@ -448,7 +452,7 @@ fn slow_sink_run(partitions: u32) -> Arc<RunStats> {
     let specs = pipeline::load_pipelines(&config, &engine()).unwrap();
     let sink = Arc::new(SlowSink {
         inner: ParquetSink::new(dir.path().join("data")),
-        delay: Duration::from_millis(40),
+        delay,
         rows: AtomicUsize::new(0),
     });
     let stats = Arc::new(RunStats::default());
@@ -490,7 +494,7 @@ fn slow_sink_run(partitions: u32) -> Arc<RunStats> {
 
 #[test]
 fn a_slow_sink_pauses_partitions_instead_of_growing_queues() {
-    let stats = slow_sink_run(2);
+    let stats = slow_sink_run(2, 3000, Duration::from_millis(40));
     assert!(
         RunStats::get(&stats.pauses) > 0,
         "the consumer never paused a partition"
@@ -499,13 +503,19 @@ fn a_slow_sink_pauses_partitions_instead_of_growing_queues() {
 
 /// With one partition, pausing it would leave librdkafka nothing to fetch, and it noticed
 /// the resume only up to a second later; the consumer waits for room instead, and the
-/// queues stay bounded all the same.
+/// queues stay bounded all the same. A sink stuck for longer than that wait still gets the
+/// partition paused, so the consumer keeps polling (and its group membership).
 #[test]
-fn the_last_fetchable_partition_is_never_paused() {
-    let stats = slow_sink_run(1);
+fn the_last_fetchable_partition_waits_for_room_before_it_is_paused() {
+    let stats = slow_sink_run(1, 3000, Duration::from_millis(40));
     assert_eq!(
         RunStats::get(&stats.pauses),
         0,
         "the only partition was paused"
+    );
+    let stats = slow_sink_run(1, 300, Duration::from_millis(1500));
+    assert!(
+        RunStats::get(&stats.pauses) > 0,
+        "a stuck sink never got the partition paused"
     );
 }

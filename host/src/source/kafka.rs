@@ -51,6 +51,10 @@ pub struct RunOptions {
 
 type Tp = (String, i32);
 
+/// How long the poll loop waits for a full worker before pausing the last fetchable
+/// partition (see the loop).
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
 struct Pending {
     pipeline: usize,
     msg: Message,
@@ -497,37 +501,44 @@ pub fn run(
                         outcome = Err(RunError::Worker(e));
                         break;
                     }
-                } else if held.len() + 1 >= shared.assigned_count() {
-                    // Pausing the last fetchable partition would leave librdkafka's fetcher
-                    // with nothing to fetch, and it then noticed a resume only after up to
-                    // a second (end to end: 0.5-0.9 s without records every few hundred
-                    // thousand). Every other partition is held back already, so wait here
-                    // for the worker to make room; commits and held records keep moving.
-                    drop(held);
-                    while !shared.has_room(w)
-                        && !opts.shutdown.load(Ordering::Relaxed)
-                        && !worker_failed(&failed_flag, &shared)
-                    {
-                        std::thread::sleep(Duration::from_millis(1));
-                        release_held(&shared, &consumer);
-                        if last_commit.elapsed() >= commit_every {
-                            shared.commit(&consumer, CommitMode::Async, None);
-                            last_commit = Instant::now();
-                        }
-                    }
-                    // On shutdown or a failed worker the record is dropped unsent: it was
-                    // never delivered, so its offset is never committed and it is read again.
-                    if shared.has_room(w)
-                        && let Err(e) = shared.send(w, p)
-                    {
-                        outcome = Err(RunError::Worker(e));
-                        break;
-                    }
                 } else {
-                    pause(&consumer, &tp);
-                    shared.stats.paused.fetch_add(1, Ordering::Relaxed);
-                    RunStats::add(&shared.stats.pauses, 1);
-                    held.entry(tp).or_default().push_back(p);
+                    if held.len() + 1 >= shared.assigned_count() {
+                        // Pausing the last fetchable partition would leave librdkafka's
+                        // fetcher with nothing to fetch, and it then noticed a resume only
+                        // up to a second later (end to end: 0.5-0.9 s without records every
+                        // few hundred thousand). Every other partition is held back already,
+                        // so wait a while for the worker to make room (a flush takes 0.1-0.3
+                        // s); commits and held records keep moving. Past the wait (a stuck
+                        // sink), pause as usual so the consumer keeps polling and stays in
+                        // its group.
+                        drop(held);
+                        let until = Instant::now() + ROOM_WAIT;
+                        while !shared.has_room(w)
+                            && Instant::now() < until
+                            && !opts.shutdown.load(Ordering::Relaxed)
+                            && !worker_failed(&failed_flag, &shared)
+                        {
+                            std::thread::sleep(Duration::from_millis(1));
+                            release_held(&shared, &consumer);
+                            if last_commit.elapsed() >= commit_every {
+                                shared.commit(&consumer, CommitMode::Async, None);
+                                last_commit = Instant::now();
+                            }
+                        }
+                        held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+                    }
+                    if shared.has_room(w) {
+                        drop(held);
+                        if let Err(e) = shared.send(w, p) {
+                            outcome = Err(RunError::Worker(e));
+                            break;
+                        }
+                    } else {
+                        pause(&consumer, &tp);
+                        shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+                        RunStats::add(&shared.stats.pauses, 1);
+                        held.entry(tp).or_default().push_back(p);
+                    }
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
