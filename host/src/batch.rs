@@ -289,19 +289,12 @@ impl TableBatcher {
     pub fn push_ref(&mut self, row: &RowRef<'_>, index: usize, lineage: &Lineage<'_>, now_us: i64) {
         self.opened.get_or_insert_with(Instant::now);
         self.bytes += 64 + lineage.topic.len() + lineage.version.len();
-        let derived;
-        let id = match row.given_id() {
-            Some(id) => id,
-            None => {
-                derived = crate::rows::row_id_text(
-                    lineage.topic,
-                    lineage.partition,
-                    lineage.offset,
-                    index,
-                );
-                std::str::from_utf8(&derived).unwrap_or_default()
-            }
-        };
+        let mut buf = [0; 36];
+        let id = row.id(
+            &mut buf,
+            (lineage.topic, lineage.partition, lineage.offset),
+            index,
+        );
         match row {
             RowRef::Event(e) => self.push_event(e, id, now_us, lineage),
             RowRef::Metric(m) => self.push_metric(m, id, now_us, lineage),

@@ -166,9 +166,8 @@ impl Sink for EncodeOnlySink {
     }
 }
 
-/// Create `topic` with `partitions` partitions. Production topics have at least as many
-/// partitions as consumers; an auto-created topic gets the broker's default (one on
-/// tansu), which would leave all but one worker idle.
+/// Create `topic` with `partitions` partitions, as a production topic has at least one per
+/// consumer, instead of leaving the count to the broker's auto-creation default.
 fn create_topic(addr: &str, topic: &str, partitions: usize) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;

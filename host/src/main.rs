@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
     // No transparent huge pages for this process: mimalloc asks for them on its arenas, and
     // as it returns freed memory to the OS and takes it back (every batch and Parquet page),
     // each re-fault zeroed a whole 2 MiB page instead of 4 KiB. Without them a `bench`
-    // full-path run spent 0.30-0.38 s in the kernel instead of 0.66-1.04 s, at 132 instead
+    // full-path run spent 0.28-0.33 s in the kernel instead of 0.57-0.81 s, at 136 instead
     // of 157 MiB peak RSS (BENCHMARKS.md). `MIMALLOC_ALLOW_THP=1` keeps them.
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none_or(|v| v != "1") {

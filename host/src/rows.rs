@@ -44,13 +44,19 @@ impl<'a> StrColumn<'a> {
 
     /// Entry `i` (`""` past the end; callers index within lengths the runtime checked).
     pub fn get(&self, i: usize) -> &'a str {
-        let start = match i {
-            0 => 0,
-            _ => self.ends.get(i - 1).copied().unwrap_or_default() as usize,
-        };
-        let end = self.ends.get(i).copied().unwrap_or_default() as usize;
-        self.text.get(start..end).unwrap_or_default()
+        self.text.get(entry(self.ends, i)).unwrap_or_default()
     }
+}
+
+/// Entry `i` of a list given by end offsets (the contract's layout for strings, blobs and
+/// tag runs): from the previous end, or 0, to its own end; empty past the end.
+pub(crate) fn entry(ends: &[u32], i: usize) -> std::ops::Range<usize> {
+    let end = ends.get(i).copied().unwrap_or_default() as usize;
+    let start = match i {
+        0 => 0,
+        _ => ends.get(i - 1).copied().unwrap_or_default() as usize,
+    };
+    start..end
 }
 
 /// A row's tags: owned pairs (0.1.0 guests, tests) or a range of a 0.2.0 output's columns.
@@ -177,7 +183,7 @@ impl<'a> From<&'a Row> for RowRef<'a> {
 impl RowRef<'_> {
     /// The row's id as given by the transform, `None` when it left it to the host (missing
     /// or empty).
-    pub fn given_id(&self) -> Option<&str> {
+    fn given_id(&self) -> Option<&str> {
         let id = match self {
             RowRef::Event(e) => e.id,
             RowRef::Metric(m) => m.id,
@@ -193,14 +199,34 @@ impl RowRef<'_> {
         }
     }
 
-    /// An owned, completed copy as row `index` of message `m`: a missing or empty `id`
-    /// becomes the deterministic [`row_id`], missing `timestamp`/`created_at` the
-    /// processing time `now_us` (`TableBatcher::push_ref` fills the same values).
+    /// The row's stored id as row `index` of the message at (`topic`, `partition`,
+    /// `offset`): the transform's, or the deterministic [`row_id`] (formatted into `buf`)
+    /// when it left it missing or empty.
+    pub fn id<'s>(
+        &'s self,
+        buf: &'s mut [u8; 36],
+        (topic, partition, offset): (&str, i32, i64),
+        index: usize,
+    ) -> &'s str {
+        match self.given_id() {
+            Some(id) => id,
+            None => {
+                *buf = row_id_text(topic, partition, offset, index);
+                // ASCII by construction.
+                std::str::from_utf8(buf).unwrap_or_default()
+            }
+        }
+    }
+
+    /// An owned, completed copy as row `index` of message `m`: the id from [`RowRef::id`],
+    /// missing `timestamp`/`created_at` the processing time `now_us`
+    /// (`TableBatcher::push_ref` fills the same values).
     pub fn to_row(&self, m: &Message, index: usize, now_us: i64) -> Row {
-        let id = Some(match self.given_id() {
-            Some(id) => id.to_string(),
-            None => row_id(&m.topic, m.partition, m.offset, index),
-        });
+        let mut buf = [0; 36];
+        let id = Some(
+            self.id(&mut buf, (&m.topic, m.partition, m.offset), index)
+                .to_string(),
+        );
         let pairs = |t: &Tags<'_>| -> Vec<(String, String)> {
             t.iter().map(|(k, v)| (k.into(), v.into())).collect()
         };

@@ -55,7 +55,18 @@ pub fn maybe_gunzip(bytes: &[u8]) -> Result<Cow<'_, [u8]>, String> {
         }
         Ok(())
     })?;
+    // Each member stops at the limit + 1; members that reach it together are refused too.
+    if out.len() > MAX_DECOMPRESSED {
+        return Err(refused());
+    }
     Ok(Cow::Owned(out))
+}
+
+fn refused() -> String {
+    format!(
+        "gzip payload decompresses to more than {} MiB; refused",
+        MAX_DECOMPRESSED / (1024 * 1024)
+    )
 }
 
 /// Length of the gzip member header at the start of `b` (RFC 1952 section 2.3).
@@ -124,12 +135,7 @@ fn inflate(d: &mut DecompressorOxide, input: &[u8], out: &mut Vec<u8>) -> Result
                 let grown = out.len().saturating_mul(2).min(cap);
                 out.resize(grown, 0);
             }
-            TINFLStatus::HasMoreOutput => {
-                return Err(format!(
-                    "gzip payload decompresses to more than {} MiB; refused",
-                    MAX_DECOMPRESSED / (1024 * 1024)
-                ));
-            }
+            TINFLStatus::HasMoreOutput => return Err(refused()),
             TINFLStatus::FailedCannotMakeProgress | TINFLStatus::NeedsMoreInput => {
                 return Err("invalid gzip data: truncated deflate stream".into());
             }
@@ -171,6 +177,17 @@ mod tests {
     #[test]
     fn exactly_the_limit_is_accepted() {
         let g = gz(&vec![7u8; MAX_DECOMPRESSED]);
+        assert_eq!(maybe_gunzip(&g).unwrap().len(), MAX_DECOMPRESSED);
+    }
+
+    #[test]
+    fn members_over_the_limit_together_are_refused() {
+        let mut g = gz(&vec![1u8; MAX_DECOMPRESSED / 2 + 1]);
+        g.extend(gz(&vec![2u8; MAX_DECOMPRESSED / 2]));
+        let err = maybe_gunzip(&g).unwrap_err();
+        assert!(err.contains("refused"), "{err}");
+        let mut g = gz(&vec![1u8; MAX_DECOMPRESSED / 2]);
+        g.extend(gz(&vec![2u8; MAX_DECOMPRESSED / 2]));
         assert_eq!(maybe_gunzip(&g).unwrap().len(), MAX_DECOMPRESSED);
     }
 

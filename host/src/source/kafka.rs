@@ -512,19 +512,11 @@ pub fn run(
                         // sink), pause as usual so the consumer keeps polling and stays in
                         // its group.
                         drop(held);
-                        let until = Instant::now() + ROOM_WAIT;
-                        while !shared.has_room(w)
-                            && Instant::now() < until
-                            && !opts.shutdown.load(Ordering::Relaxed)
-                            && !worker_failed(&failed_flag, &shared)
-                        {
-                            std::thread::sleep(Duration::from_millis(1));
-                            release_held(&shared, &consumer);
-                            if last_commit.elapsed() >= commit_every {
-                                shared.commit(&consumer, CommitMode::Async, None);
-                                last_commit = Instant::now();
-                            }
-                        }
+                        let stop = || {
+                            opts.shutdown.load(Ordering::Relaxed)
+                                || failure(&failed_flag, &shared).is_some()
+                        };
+                        wait_for_room(&shared, &consumer, w, stop, commit_every, &mut last_commit);
                         held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
                     }
                     if shared.has_room(w) {
@@ -544,10 +536,7 @@ pub fn run(
             Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
             None => {}
         }
-        if last_commit.elapsed() >= commit_every {
-            shared.commit(&consumer, CommitMode::Async, None);
-            last_commit = Instant::now();
-        }
+        commit_if_due(&shared, &consumer, commit_every, &mut last_commit);
     }
 
     // Graceful stop: flush what the workers hold, commit synchronously, then let them exit.
@@ -610,8 +599,35 @@ fn failure(flag: &Mutex<Option<String>>, shared: &Shared) -> Option<String> {
         })
 }
 
-fn worker_failed(flag: &Mutex<Option<String>>, shared: &Shared) -> bool {
-    failure(flag, shared).is_some()
+/// An asynchronous commit of what was delivered, at most every `every`.
+fn commit_if_due(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    every: Duration,
+    last: &mut Instant,
+) {
+    if last.elapsed() >= every {
+        shared.commit(consumer, CommitMode::Async, None);
+        *last = Instant::now();
+    }
+}
+
+/// Wait up to [`ROOM_WAIT`] for worker `w` to have room, or until `stop`, moving held
+/// records and committing meanwhile (the poll loop is not polling).
+fn wait_for_room(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    w: usize,
+    stop: impl Fn() -> bool,
+    commit_every: Duration,
+    last_commit: &mut Instant,
+) {
+    let until = Instant::now() + ROOM_WAIT;
+    while !shared.has_room(w) && Instant::now() < until && !stop() {
+        std::thread::sleep(Duration::from_millis(1));
+        release_held(shared, consumer);
+        commit_if_due(shared, consumer, commit_every, last_commit);
+    }
 }
 
 /// A synchronous commit, retried a few times: used where there is no later chance (revoke,

@@ -7,7 +7,7 @@
 
 use super::bindings::vast::transform::types as wit;
 use super::v1::vast::transform::types::{Message, MetricType};
-use crate::rows::{EventRef, MetricRef, StrColumn, Tags};
+use crate::rows::{EventRef, MetricRef, StrColumn, Tags, entry};
 
 /// The batch for `messages`, which must all come from one topic (the caller splits runs).
 /// `None` when the batch's payloads or keys do not fit the contract's 32-bit offsets.
@@ -172,16 +172,12 @@ fn opt(s: &wit::OptionalStrings, i: usize) -> Option<&str> {
 }
 
 fn tags(t: &wit::Tags, i: usize) -> Tags<'_> {
-    let end = t.ends.get(i).copied().unwrap_or_default() as usize;
-    let start = match i {
-        0 => 0,
-        _ => t.ends.get(i - 1).copied().unwrap_or_default() as usize,
-    };
+    let pairs = entry(&t.ends, i);
     Tags::Columns {
         keys: col(&t.keys),
         values: col(&t.values),
-        start,
-        end,
+        start: pairs.start,
+        end: pairs.end,
     }
 }
 
