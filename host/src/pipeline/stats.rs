@@ -35,17 +35,17 @@ impl RunStats {
         c.load(Ordering::Relaxed)
     }
 
-    /// Account for a message entering a worker queue.
-    pub fn enqueue(&self, bytes: usize) {
-        let q = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Account for `n` messages of `bytes` in all entering a worker queue.
+    pub fn enqueue(&self, n: usize, bytes: usize) {
+        let q = self.queued.fetch_add(n, Ordering::Relaxed) + n;
         self.queued_max.fetch_max(q, Ordering::Relaxed);
         let b = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.queued_bytes_max.fetch_max(b, Ordering::Relaxed);
     }
 
-    /// Account for a message leaving a worker queue.
-    pub fn dequeue(&self, bytes: usize) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+    /// Account for `n` messages of `bytes` in all leaving a worker queue.
+    pub fn dequeue(&self, n: usize, bytes: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 

@@ -52,10 +52,11 @@ pub enum WorkerError {
 
 /// Work sent to a worker thread.
 pub enum WorkItem {
-    /// One consumed record of pipeline `pipeline`; `bytes` is its queue accounting size.
-    Msg {
-        pipeline: usize,
-        msg: Message,
+    /// Consumed records in order, each with its pipeline; `bytes` is their queue accounting
+    /// size. The consumer sends records in chunks: per record, a channel operation and the
+    /// shared queue counters cost more than everything else the consumer thread does.
+    Msgs {
+        msgs: Vec<(usize, Message)>,
         bytes: usize,
     },
     /// Process everything queued so far, flush every pipeline, then answer.
@@ -100,7 +101,8 @@ pub struct Worker {
     stats: Arc<RunStats>,
     /// Set when retries must give up (shutdown deadline passed).
     abort: Arc<AtomicBool>,
-    /// Bytes queued for this worker (decremented as messages are taken).
+    /// Messages and bytes queued for this worker (decremented as messages are taken).
+    pub queued_msgs: Arc<AtomicUsize>,
     pub queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -143,6 +145,7 @@ impl Worker {
             delivered,
             stats,
             abort,
+            queued_msgs: Arc::new(AtomicUsize::new(0)),
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             metrics,
         }
@@ -395,19 +398,18 @@ impl Worker {
             let mut next = first;
             while let Some(item) = next.take() {
                 match item {
-                    WorkItem::Msg {
-                        pipeline,
-                        msg,
-                        bytes,
-                    } => {
+                    WorkItem::Msgs { msgs, bytes } => {
+                        self.queued_msgs.fetch_sub(msgs.len(), Ordering::Relaxed);
                         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                        self.stats.dequeue(bytes);
-                        if pipeline != group_pipeline || group.len() >= MAX_TRANSFORM_BATCH {
-                            self.handle(group_pipeline, &group)?;
-                            group.clear();
-                            group_pipeline = pipeline;
+                        self.stats.dequeue(msgs.len(), bytes);
+                        for (pipeline, msg) in msgs {
+                            if pipeline != group_pipeline || group.len() >= MAX_TRANSFORM_BATCH {
+                                self.handle(group_pipeline, &group)?;
+                                group.clear();
+                                group_pipeline = pipeline;
+                            }
+                            group.push(msg);
                         }
-                        group.push(msg);
                     }
                     WorkItem::Flush { reason, ack } => {
                         self.handle(group_pipeline, &group)?;

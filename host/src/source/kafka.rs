@@ -55,6 +55,17 @@ type Tp = (String, i32);
 /// partition (see the loop).
 const ROOM_WAIT: Duration = Duration::from_secs(1);
 
+/// Records per chunk sent to a worker (see [`WorkItem::Msgs`]).
+const CHUNK: usize = 256;
+
+/// The poll loop's checks (shutdown, failures, held records, commits, the age of unsent
+/// chunks) run after an empty poll or every this many records, not per record: per record
+/// they were a fifth of the consumer thread's time.
+const HOUSEKEEPING_EVERY: u32 = 64;
+
+/// Longest a queued record waits in an unsent chunk while records keep arriving.
+const CHUNK_AGE: Duration = Duration::from_millis(5);
+
 struct Pending {
     pipeline: usize,
     msg: Message,
@@ -63,7 +74,16 @@ struct Pending {
 
 struct WorkerHandle {
     tx: Sender<WorkItem>,
+    queued_msgs: Arc<AtomicUsize>,
     queued_bytes: Arc<AtomicUsize>,
+    /// Records queued for the worker but not sent yet (counted in `queued_*` already).
+    chunk: Mutex<Chunk>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    msgs: Vec<(usize, Message)>,
+    bytes: usize,
 }
 
 /// State shared between the poll loop and the rebalance callbacks (which run inside poll).
@@ -117,25 +137,54 @@ impl Shared {
 
     fn has_room(&self, w: usize) -> bool {
         let wk = &self.workers[w];
-        wk.tx.len() < self.queue_messages
+        wk.queued_msgs.load(Ordering::Relaxed) < self.queue_messages
             && wk.queued_bytes.load(Ordering::Relaxed) < self.queue_bytes
     }
 
-    fn send(&self, w: usize, p: Pending) -> Result<(), String> {
+    /// Queue a record for worker `w`: into its chunk, which is sent once full (or by
+    /// [`Shared::send_chunks`]).
+    fn queue(&self, w: usize, p: Pending) -> Result<(), String> {
         let wk = &self.workers[w];
+        wk.queued_msgs.fetch_add(1, Ordering::Relaxed);
         wk.queued_bytes.fetch_add(p.bytes, Ordering::Relaxed);
-        self.stats.enqueue(p.bytes);
+        let mut chunk = wk.chunk.lock().unwrap_or_else(|e| e.into_inner());
+        chunk.msgs.push((p.pipeline, p.msg));
+        chunk.bytes += p.bytes;
+        if chunk.msgs.len() >= CHUNK {
+            return self.send_chunk(wk, &mut chunk);
+        }
+        Ok(())
+    }
+
+    fn send_chunk(&self, wk: &WorkerHandle, chunk: &mut Chunk) -> Result<(), String> {
+        if chunk.msgs.is_empty() {
+            return Ok(());
+        }
+        let Chunk { msgs, bytes } = std::mem::replace(
+            chunk,
+            Chunk {
+                msgs: Vec::with_capacity(CHUNK),
+                bytes: 0,
+            },
+        );
+        self.stats.enqueue(msgs.len(), bytes);
         wk.tx
-            .send(WorkItem::Msg {
-                pipeline: p.pipeline,
-                msg: p.msg,
-                bytes: p.bytes,
-            })
+            .send(WorkItem::Msgs { msgs, bytes })
             .map_err(|_| "a worker stopped".to_string())
     }
 
-    /// Ask every worker to flush everything and wait for all answers.
+    /// Send every worker's unsent records.
+    fn send_chunks(&self) -> Result<(), String> {
+        for wk in &self.workers {
+            let mut chunk = wk.chunk.lock().unwrap_or_else(|e| e.into_inner());
+            self.send_chunk(wk, &mut chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Ask every worker to flush everything (unsent records first) and wait for all answers.
     fn flush_workers(&self, reason: FlushReason) -> Result<(), String> {
+        self.send_chunks()?;
         let mut acks = Vec::new();
         for w in &self.workers {
             let (tx, rx) = bounded(1);
@@ -399,6 +448,7 @@ pub fn run(
             metrics: opts.metrics.clone(),
         };
         let worker = Worker::new(id, specs.clone(), env, dlq);
+        let queued_msgs = worker.queued_msgs.clone();
         let queued_bytes = worker.queued_bytes.clone();
         let failed = failed_flag.clone();
         let h = std::thread::Builder::new()
@@ -412,7 +462,12 @@ pub fn run(
             })
             .map_err(|e| RunError::Worker(format!("cannot start worker: {e}")))?;
         handles.push(h);
-        workers.push(WorkerHandle { tx, queued_bytes });
+        workers.push(WorkerHandle {
+            tx,
+            queued_msgs,
+            queued_bytes,
+            chunk: Mutex::default(),
+        });
     }
     let shared = Arc::new(Shared {
         workers,
@@ -444,99 +499,146 @@ pub fn run(
     let mut last_record = Instant::now();
     let mut was_assigned = false;
     let mut outcome = Ok(());
+    // The route of the last record's partition: records come in runs per partition, and
+    // the lookup allocates the topic name and takes a lock.
+    let mut route: Option<(String, i32, usize, usize)> = None;
+    // Records since the last housekeeping, and when the oldest unsent chunk began.
+    let mut since_checks = 0u32;
+    let mut got_records = false;
+    let mut unsent_since: Option<Instant> = None;
     loop {
-        if opts.shutdown.load(Ordering::Relaxed) {
-            tracing::info!("shutdown requested: stopping fetch, flushing, committing");
-            break;
-        }
-        let worker_failure = failure(&failed_flag, &shared);
-        if let Some(e) = worker_failure {
-            outcome = Err(RunError::Worker(e));
-            break;
-        }
-        let assigned_now = !shared
-            .assigned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
-        if assigned_now && !was_assigned {
-            last_record = Instant::now();
-        }
-        was_assigned = assigned_now;
-        if let Some(idle) = opts.stop_after_idle {
-            let drained = shared.stats.queued.load(Ordering::Relaxed) == 0
-                && shared
-                    .held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_empty();
-            if assigned_now && drained && last_record.elapsed() >= idle {
-                tracing::info!(idle = ?idle, "no new records: stopping");
+        if since_checks == 0 {
+            if opts.shutdown.load(Ordering::Relaxed) {
+                tracing::info!("shutdown requested: stopping fetch, flushing, committing");
                 break;
             }
-        }
-        release_held(&shared, &consumer);
-        match consumer.poll(Duration::from_millis(50)) {
-            Some(Ok(m)) => {
+            let worker_failure = failure(&failed_flag, &shared);
+            if let Some(e) = worker_failure {
+                outcome = Err(RunError::Worker(e));
+                break;
+            }
+            if std::mem::take(&mut got_records) {
                 last_record = Instant::now();
+            }
+            let assigned_now = !shared
+                .assigned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if assigned_now && !was_assigned {
+                last_record = Instant::now();
+            }
+            was_assigned = assigned_now;
+            if let Some(idle) = opts.stop_after_idle {
+                let drained = shared.stats.queued.load(Ordering::Relaxed) == 0
+                    && shared
+                        .held
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty();
+                if assigned_now && drained && last_record.elapsed() >= idle {
+                    tracing::info!(idle = ?idle, "no new records: stopping");
+                    break;
+                }
+            }
+            release_held(&shared, &consumer);
+            if unsent_since.is_some_and(|t| t.elapsed() >= CHUNK_AGE) {
+                if let Err(e) = shared.send_chunks() {
+                    outcome = Err(RunError::Worker(e));
+                    break;
+                }
+                unsent_since = None;
+            }
+            commit_if_due(&shared, &consumer, commit_every, &mut last_commit);
+        }
+        // Nothing waits in a chunk while the consumer blocks in poll.
+        let timeout = if unsent_since.is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(50)
+        };
+        let m = match consumer.poll(timeout) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                since_checks = 0;
+                continue;
+            }
+            None => {
+                if let Err(e) = shared.send_chunks() {
+                    outcome = Err(RunError::Worker(e));
+                    break;
+                }
+                unsent_since = None;
+                since_checks = 0;
+                continue;
+            }
+        };
+        got_records = true;
+        since_checks = (since_checks + 1) % HOUSEKEEPING_EVERY;
+        let (pipeline, w) = match &route {
+            Some((t, p, pipeline, w)) if *p == m.partition() && t == m.topic() => (*pipeline, *w),
+            _ => {
                 let tp = (m.topic().to_string(), m.partition());
                 let Some(&pipeline) = by_topic.get(&tp.0) else {
                     continue;
                 };
-                let msg = to_message(&m);
-                let bytes = msg.payload.len() + msg.key.as_ref().map_or(0, Vec::len) + 128;
-                let p = Pending {
-                    pipeline,
-                    msg,
-                    bytes,
-                };
                 let w = shared.worker_for(&tp);
-                let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(q) = held.get_mut(&tp) {
-                    // Already paused: keep order behind the held records.
-                    q.push_back(p);
-                } else if shared.has_room(w) {
-                    drop(held);
-                    if let Err(e) = shared.send(w, p) {
-                        outcome = Err(RunError::Worker(e));
-                        break;
-                    }
-                } else {
-                    if held.len() + 1 >= shared.assigned_count() {
-                        // Pausing the last fetchable partition would leave librdkafka's
-                        // fetcher with nothing to fetch, and it then noticed a resume only
-                        // up to a second later (end to end: 0.5-0.9 s without records every
-                        // few hundred thousand). Every other partition is held back already,
-                        // so wait a while for the worker to make room (a flush takes 0.1-0.3
-                        // s); commits and held records keep moving. Past the wait (a stuck
-                        // sink), pause as usual so the consumer keeps polling and stays in
-                        // its group.
-                        drop(held);
-                        let stop = || {
-                            opts.shutdown.load(Ordering::Relaxed)
-                                || failure(&failed_flag, &shared).is_some()
-                        };
-                        wait_for_room(&shared, &consumer, w, stop, commit_every, &mut last_commit);
-                        held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-                    }
-                    if shared.has_room(w) {
-                        drop(held);
-                        if let Err(e) = shared.send(w, p) {
-                            outcome = Err(RunError::Worker(e));
-                            break;
-                        }
-                    } else {
-                        pause(&consumer, &tp);
-                        shared.stats.paused.fetch_add(1, Ordering::Relaxed);
-                        RunStats::add(&shared.stats.pauses, 1);
-                        held.entry(tp).or_default().push_back(p);
-                    }
-                }
+                route = Some((tp.0, tp.1, pipeline, w));
+                (pipeline, w)
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
-            None => {}
+        };
+        let msg = to_message(&m);
+        let bytes = msg.payload.len() + msg.key.as_ref().map_or(0, Vec::len) + 128;
+        let p = Pending {
+            pipeline,
+            msg,
+            bytes,
+        };
+        let tp = || (m.topic().to_string(), m.partition());
+        // `paused` counts the partitions with held records (all changed on this thread).
+        let mut held = (shared.stats.paused.load(Ordering::Relaxed) > 0)
+            .then(|| shared.held.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(q) = held.as_mut().and_then(|h| h.get_mut(&tp())) {
+            // Already paused: keep order behind the held records.
+            q.push_back(p);
+            continue;
         }
-        commit_if_due(&shared, &consumer, commit_every, &mut last_commit);
+        if !shared.has_room(w) {
+            let held_count = held.as_ref().map_or(0, |h| h.len());
+            if held_count + 1 >= shared.assigned_count() {
+                // Pausing the last fetchable partition would leave librdkafka's fetcher with
+                // nothing to fetch, and it then noticed a resume only up to a second later
+                // (end to end: 0.5-0.9 s without records every few hundred thousand). Every
+                // other partition is held back already, so wait a while for the worker to
+                // make room (a flush takes 0.1-0.3 s); commits and held records keep moving.
+                // Past the wait (a stuck sink), pause as usual so the consumer keeps polling
+                // and stays in its group.
+                drop(held.take());
+                let stop = || {
+                    opts.shutdown.load(Ordering::Relaxed)
+                        || failure(&failed_flag, &shared).is_some()
+                };
+                wait_for_room(&shared, &consumer, w, stop, commit_every, &mut last_commit);
+                unsent_since = None;
+            }
+            if !shared.has_room(w) {
+                let tp = tp();
+                pause(&consumer, &tp);
+                shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+                RunStats::add(&shared.stats.pauses, 1);
+                let mut held =
+                    held.unwrap_or_else(|| shared.held.lock().unwrap_or_else(|p| p.into_inner()));
+                held.entry(tp).or_default().push_back(p);
+                continue;
+            }
+        }
+        drop(held);
+        if let Err(e) = shared.queue(w, p) {
+            outcome = Err(RunError::Worker(e));
+            break;
+        }
+        unsent_since.get_or_insert_with(Instant::now);
     }
 
     // Graceful stop: flush what the workers hold, commit synchronously, then let them exit.
@@ -623,9 +725,12 @@ fn wait_for_room(
     last_commit: &mut Instant,
 ) {
     let until = Instant::now() + ROOM_WAIT;
+    // The worker can only make room from records it was sent.
+    let _ = shared.send_chunks();
     while !shared.has_room(w) && Instant::now() < until && !stop() {
         std::thread::sleep(Duration::from_millis(1));
         release_held(shared, consumer);
+        let _ = shared.send_chunks();
         commit_if_due(shared, consumer, commit_every, last_commit);
     }
 }
@@ -666,7 +771,7 @@ fn release_held(shared: &Shared, consumer: &BaseConsumer<Ctx>) {
         let w = shared.worker_for(tp);
         while shared.has_room(w) {
             let Some(p) = q.pop_front() else { break };
-            if shared.send(w, p).is_err() {
+            if shared.queue(w, p).is_err() {
                 return;
             }
         }
@@ -674,6 +779,8 @@ fn release_held(shared: &Shared, consumer: &BaseConsumer<Ctx>) {
             resumed.push(tp.clone());
         }
     }
+    // The released records go out at once (a worker that stopped is reported by the loop).
+    let _ = shared.send_chunks();
     for tp in resumed {
         held.remove(&tp);
         let mut tpl = TopicPartitionList::new();
