@@ -209,28 +209,32 @@ fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
     }
     let event_type = json::non_empty_text(p.get("event_type"));
     let message = match event_type.as_deref() {
-        Some("deadlocks") => format!(
-            "Detected {} deadlock(s).",
-            json::number_text(p.get("count"))
-        ),
-        Some("connection_stats") => format!(
-            "{}/{} active connections.",
-            json::number_text(p.get("active")),
-            json::number_text(p.get("total"))
-        ),
-        Some("query_error") => format!(
-            "Query error {}: {}",
+        Some("deadlocks") => concat(&[
+            "Detected ",
+            &json::number_text(p.get("count")),
+            " deadlock(s).",
+        ]),
+        Some("connection_stats") => concat(&[
+            &json::number_text(p.get("active")),
+            "/",
+            &json::number_text(p.get("total")),
+            " active connections.",
+        ]),
+        Some("query_error") => concat(&[
+            "Query error ",
             json::non_empty_text(p.get("error_code"))
                 .as_deref()
                 .unwrap_or("N/A"),
+            ": ",
             json::non_empty_text(p.get("error_message"))
                 .as_deref()
-                .unwrap_or("Unknown")
-        ),
-        other => format!(
-            "Log event of type '{}' received.",
-            other.unwrap_or("unknown event")
-        ),
+                .unwrap_or("Unknown"),
+        ]),
+        other => concat(&[
+            "Log event of type '",
+            other.unwrap_or("unknown event"),
+            "' received.",
+        ]),
     };
     common.tags.enrich_log(event_type.as_deref());
     let attributes = payload.map_or_else(|| "{}".to_string(), |p| p.get().to_string());
@@ -240,7 +244,11 @@ fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
 /// First 16 hex characters of SHA-256 over the normalised query (lower-cased, whitespace
 /// runs collapsed to one space, trimmed).
 pub fn query_hash(query: &str) -> String {
-    let lower = query.to_lowercase();
+    lowered_query_hash(&query.to_lowercase())
+}
+
+/// [`query_hash`] of a query already lower-cased.
+fn lowered_query_hash(lower: &str) -> String {
     let mut h = Sha256::new();
     for (i, word) in lower.split_whitespace().enumerate() {
         if i > 0 {
@@ -249,9 +257,22 @@ pub fn query_hash(query: &str) -> String {
         h.update(word.as_bytes());
     }
     let digest = h.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(16);
-    for b in &digest[..8] {
-        let _ = write!(out, "{b:02x}");
+    for &b in &digest[..8] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// `parts` joined, allocated once at the exact size. Per message, `format!`'s machinery
+/// (a `fmt::Arguments` walk with dynamic dispatch per piece, and regrowing the string) cost
+/// more in wasm than the text it produced.
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
     }
     out
 }
@@ -261,14 +282,14 @@ fn with_query_hash(payload: Option<Raw<'_>>, hash: &str) -> Result<String, Strin
     let mut quoted = String::with_capacity(hash.len() + 2);
     json::push_json_string(&mut quoted, hash);
     let Some(raw) = payload else {
-        return Ok(format!("{{\"query_hash\":{quoted}}}"));
+        return Ok(concat(&["{\"query_hash\":", &quoted, "}"]));
     };
     let text = raw.get();
     if !json::contains(text, "\"query_hash\"") {
         // Fast path: splice the new member in before the closing brace, no re-serialisation.
         let body = text[1..text.len() - 1].trim();
         let sep = if body.is_empty() { "" } else { "," };
-        return Ok(format!("{{{body}{sep}\"query_hash\":{quoted}}}"));
+        return Ok(concat(&["{", body, sep, "\"query_hash\":", &quoted, "}"]));
     }
     let members = Members::parse(text).map_err(|e| format!("invalid payload: {e}"))?;
     let mut out = String::with_capacity(text.len() + 32);
@@ -334,7 +355,7 @@ fn try_raw_queries(payload: &[u8]) -> Result<Outcome, String> {
             {
                 common.tags.set("query_type", "write");
             }
-            with_query_hash(payload, &query_hash(q))?
+            with_query_hash(payload, &lowered_query_hash(&lower))?
         }
         None => payload.map_or_else(|| "{}".to_string(), |p| p.get().to_string()),
     };
