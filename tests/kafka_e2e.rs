@@ -519,3 +519,57 @@ fn the_last_fetchable_partition_waits_for_room_before_it_is_paused() {
         "a stuck sink never got the partition paused"
     );
 }
+
+/// The consumer sends records to workers in chunks; a trickle far smaller than a chunk must
+/// still reach the sink while the consumer runs (on the empty poll after it), not only when
+/// a chunk fills or at shutdown.
+#[test]
+fn a_trickle_of_records_is_written_without_waiting_for_a_full_chunk() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let text = test_config(&broker, "e2e-trickle", &["raw-logs"], "workers = 2")
+        .replace("dead_letter_topic = \"raw-logs-dlq\"\n", "");
+    let config = Config::parse(&text, Path::new("test.toml"), dir.path().to_path_buf()).unwrap();
+    let specs = pipeline::load_pipelines(&config, &engine()).unwrap();
+    let sink = Arc::new(SlowSink {
+        inner: ParquetSink::new(dir.path().join("data")),
+        delay: Duration::ZERO,
+        rows: AtomicUsize::new(0),
+    });
+    let stats = Arc::new(RunStats::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (sink, stats, shutdown) = (sink.clone(), stats.clone(), shutdown.clone());
+        let data_dir = dir.path().join("data");
+        let metrics = Arc::new(vast_processor::metrics::Metrics::new(
+            specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
+        ));
+        std::thread::spawn(move || {
+            let opts = RunOptions {
+                stop_after_idle: None,
+                shutdown,
+                data_dir,
+                metrics,
+            };
+            kafka::run(&config, specs, sink, stats, opts)
+        })
+    };
+    let mut sent = 0;
+    for n in [3, 2] {
+        sent += produce(
+            &broker.addr,
+            "raw-logs",
+            &generated("raw-logs", n, 0, 4 + sent as u64),
+        )
+        .len();
+        // Far longer than a group join plus a flush (max_age_ms = 300), far shorter than
+        // never: records stuck in an unsent chunk would only be written at shutdown.
+        wait_until(Duration::from_secs(60), "the trickle written", || {
+            sink.rows.load(Ordering::Relaxed) >= sent
+        });
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    run.join().unwrap().unwrap();
+    assert_eq!(sink.rows.load(Ordering::Relaxed), 5);
+}
