@@ -391,26 +391,20 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    if !config.kafka.properties.contains_key("auto.offset.reset") {
-        c.set("auto.offset.reset", "earliest");
-    }
-    if !config
-        .kafka
-        .properties
-        .contains_key("queued.max.messages.kbytes")
-    {
+    // Defaults the file's [kafka.properties] (or KAFKA_PROPERTY_*) override.
+    let defaults = [
+        ("auto.offset.reset", "earliest"),
         // Bound librdkafka's own prefetch buffer too (per partition).
-        c.set("queued.max.messages.kbytes", "16384");
-    }
-    if !config
-        .kafka
-        .properties
-        .contains_key("fetch.queue.backoff.ms")
-    {
+        ("queued.max.messages.kbytes", "16384"),
         // When that buffer is full librdkafka stops fetching the partition for this long
         // (1 s by default). The workers drain a full buffer in well under that, then sat
         // idle: end to end, 0.75 s gaps with no records every few hundred thousand.
-        c.set("fetch.queue.backoff.ms", "20");
+        ("fetch.queue.backoff.ms", "20"),
+    ];
+    for (key, value) in defaults {
+        if !config.kafka.properties.contains_key(key) {
+            c.set(key, value);
+        }
     }
     c
 }
