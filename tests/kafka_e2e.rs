@@ -428,6 +428,38 @@ impl Sink for SlowSink {
     }
 }
 
+/// Runs the consumer on its own thread into `sink` until `shutdown` is set.
+fn spawn_consumer(
+    config: Config,
+    specs: Vec<pipeline::PipelineSpec>,
+    sink: Arc<SlowSink>,
+    dir: &Path,
+) -> (
+    Arc<RunStats>,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<Result<(), kafka::RunError>>,
+) {
+    let stats = Arc::new(RunStats::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let data_dir = dir.join("data");
+    let metrics = Arc::new(vast_processor::metrics::Metrics::new(
+        specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
+    ));
+    let run = {
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        std::thread::spawn(move || {
+            let opts = RunOptions {
+                stop_after_idle: None,
+                shutdown,
+                data_dir,
+                metrics,
+            };
+            kafka::run(&config, specs, sink, stats, opts)
+        })
+    };
+    (stats, shutdown, run)
+}
+
 /// `records` raw-logs records over `partitions` partitions through two workers with
 /// 64-message queues and a sink that takes `delay` per write of at most 100 rows; the run's
 /// stats once every row is written. The queues stay bounded and every row lands exactly once.
@@ -455,24 +487,7 @@ fn slow_sink_run(partitions: u32, records: usize, delay: Duration) -> Arc<RunSta
         delay,
         rows: AtomicUsize::new(0),
     });
-    let stats = Arc::new(RunStats::default());
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let run = {
-        let (sink, stats, shutdown) = (sink.clone(), stats.clone(), shutdown.clone());
-        let data_dir = dir.path().join("data");
-        let metrics = Arc::new(vast_processor::metrics::Metrics::new(
-            specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
-        ));
-        std::thread::spawn(move || {
-            let opts = RunOptions {
-                stop_after_idle: None,
-                shutdown,
-                data_dir,
-                metrics,
-            };
-            kafka::run(&config, specs, sink, stats, opts)
-        })
-    };
+    let (stats, shutdown, run) = spawn_consumer(config, specs, sink.clone(), dir.path());
     wait_until(Duration::from_secs(120), "all rows written", || {
         sink.rows.load(Ordering::Relaxed) >= produced.len()
     });
@@ -537,24 +552,7 @@ fn a_trickle_of_records_is_written_without_waiting_for_a_full_chunk() {
         delay: Duration::ZERO,
         rows: AtomicUsize::new(0),
     });
-    let stats = Arc::new(RunStats::default());
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let run = {
-        let (sink, stats, shutdown) = (sink.clone(), stats.clone(), shutdown.clone());
-        let data_dir = dir.path().join("data");
-        let metrics = Arc::new(vast_processor::metrics::Metrics::new(
-            specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
-        ));
-        std::thread::spawn(move || {
-            let opts = RunOptions {
-                stop_after_idle: None,
-                shutdown,
-                data_dir,
-                metrics,
-            };
-            kafka::run(&config, specs, sink, stats, opts)
-        })
-    };
+    let (stats, shutdown, run) = spawn_consumer(config, specs, sink.clone(), dir.path());
     let mut sent = 0;
     for n in [3, 2] {
         sent += produce(
