@@ -552,7 +552,7 @@ fn a_trickle_of_records_is_written_without_waiting_for_a_full_chunk() {
         delay: Duration::ZERO,
         rows: AtomicUsize::new(0),
     });
-    let (stats, shutdown, run) = spawn_consumer(config, specs, sink.clone(), dir.path());
+    let (_stats, shutdown, run) = spawn_consumer(config, specs, sink.clone(), dir.path());
     let mut sent = 0;
     for n in [3, 2] {
         sent += produce(
