@@ -55,7 +55,8 @@ pub fn maybe_gunzip(bytes: &[u8]) -> Result<Cow<'_, [u8]>, String> {
         }
         Ok(())
     })?;
-    // Each member stops at the limit + 1; members that reach it together are refused too.
+    // Inflating stops one byte past the limit (in total, over all members); a payload that
+    // ends exactly there is over the limit too.
     if out.len() > MAX_DECOMPRESSED {
         return Err(refused());
     }

@@ -208,19 +208,23 @@ fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
         common.tags.set("log_level", "info");
     }
     let event_type = json::non_empty_text(p.get("event_type"));
+    // `concat` sizes the string once; `format!` walked its arguments with dynamic dispatch
+    // per piece and regrew the string, which cost more in wasm than the text it produced.
     let message = match event_type.as_deref() {
-        Some("deadlocks") => concat(&[
+        Some("deadlocks") => [
             "Detected ",
             &json::number_text(p.get("count")),
             " deadlock(s).",
-        ]),
-        Some("connection_stats") => concat(&[
+        ]
+        .concat(),
+        Some("connection_stats") => [
             &json::number_text(p.get("active")),
             "/",
             &json::number_text(p.get("total")),
             " active connections.",
-        ]),
-        Some("query_error") => concat(&[
+        ]
+        .concat(),
+        Some("query_error") => [
             "Query error ",
             json::non_empty_text(p.get("error_code"))
                 .as_deref()
@@ -229,12 +233,14 @@ fn try_raw_logs(payload: &[u8]) -> Result<Outcome, String> {
             json::non_empty_text(p.get("error_message"))
                 .as_deref()
                 .unwrap_or("Unknown"),
-        ]),
-        other => concat(&[
+        ]
+        .concat(),
+        other => [
             "Log event of type '",
             other.unwrap_or("unknown event"),
             "' received.",
-        ]),
+        ]
+        .concat(),
     };
     common.tags.enrich_log(event_type.as_deref());
     let attributes = payload.map_or_else(|| "{}".to_string(), |p| p.get().to_string());
@@ -266,30 +272,19 @@ fn lowered_query_hash(lower: &str) -> String {
     out
 }
 
-/// `parts` joined, allocated once at the exact size. Per message, `format!`'s machinery
-/// (a `fmt::Arguments` walk with dynamic dispatch per piece, and regrowing the string) cost
-/// more in wasm than the text it produced.
-fn concat(parts: &[&str]) -> String {
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        out.push_str(p);
-    }
-    out
-}
-
 /// `payload` with `"query_hash": hash` added (replacing an existing one in place).
 fn with_query_hash(payload: Option<Raw<'_>>, hash: &str) -> Result<String, String> {
     let mut quoted = String::with_capacity(hash.len() + 2);
     json::push_json_string(&mut quoted, hash);
     let Some(raw) = payload else {
-        return Ok(concat(&["{\"query_hash\":", &quoted, "}"]));
+        return Ok(["{\"query_hash\":", &quoted, "}"].concat());
     };
     let text = raw.get();
     if !json::contains(text, "\"query_hash\"") {
         // Fast path: splice the new member in before the closing brace, no re-serialisation.
         let body = text[1..text.len() - 1].trim();
         let sep = if body.is_empty() { "" } else { "," };
-        return Ok(concat(&["{", body, sep, "\"query_hash\":", &quoted, "}"]));
+        return Ok(["{", body, sep, "\"query_hash\":", &quoted, "}"].concat());
     }
     let members = Members::parse(text).map_err(|e| format!("invalid payload: {e}"))?;
     let mut out = String::with_capacity(text.len() + 32);
