@@ -112,15 +112,16 @@ impl<'a> Reader<'a> {
             self.i += 1;
             self.ws();
             let start = self.i;
-            match children.as_deref_mut() {
+            let plain = match children.as_deref_mut() {
                 Some(children) if self.peek()? == b'{' => {
                     self.depth += 1;
                     children.push((out.len(), self.members(None)?));
                     self.depth -= 1;
+                    false
                 }
                 _ => self.value()?,
-            }
-            out.push((key, Raw::validated(&self.s[start..self.i])));
+            };
+            out.push((key, Raw::validated(&self.s[start..self.i], plain)));
             self.ws();
             match self.peek()? {
                 b',' => {
@@ -148,18 +149,20 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Skip one value of any kind.
-    fn value(&mut self) -> Option<()> {
+    /// Skip one value of any kind; `Some(true)` when it is a string without escapes (for
+    /// other kinds `false`: only strings are unescaped).
+    fn value(&mut self) -> Option<bool> {
         match self.peek()? {
-            b'"' => self.string().map(|_| ()),
-            b'{' => self.nested(b'}', true),
-            b'[' => self.nested(b']', false),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+            b'"' => return self.string().map(|escaped| !escaped),
+            b'{' => self.nested(b'}', true)?,
+            b'[' => self.nested(b']', false)?,
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return None,
         }
+        Some(false)
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -428,6 +431,9 @@ mod tests {
                 let child = children.iter().find(|(j, _)| *j == i).map(|(_, m)| m);
                 let want = reference(v.get());
                 prop_assert_eq!(child, want.as_ref());
+                // The scanner's note that a string has no escapes is what `as_str` trusts.
+                let unescaped = serde_json::from_str::<String>(v.get()).ok();
+                prop_assert_eq!(crate::json::as_str(*v).map(|s| s.into_owned()), unescaped);
             }
             prop_assert_eq!(object(&doc), want);
         }
