@@ -139,13 +139,13 @@ impl<'a> Reader<'a> {
 
     fn key(&mut self) -> Option<Cow<'a, str>> {
         let start = self.i;
-        let escaped = self.string()?;
-        let quoted = &self.s[start..self.i];
-        if escaped {
+        if self.string()? {
             // Rare: let serde_json decode (it also rejects lone surrogates in keys, as here).
-            serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
+            serde_json::from_str::<String>(&self.s[start..self.i])
+                .ok()
+                .map(Cow::Owned)
         } else {
-            Some(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+            Some(Cow::Borrowed(&self.s[start + 1..self.i - 1]))
         }
     }
 
@@ -219,6 +219,7 @@ impl<'a> Reader<'a> {
 
     /// Skip the string at the cursor (`"`); `Some(true)` when it contains escapes. Control
     /// characters are rejected and escapes checked, as serde_json does for ignored strings.
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
         if self.peek()? != b'"' {
             return None;
