@@ -272,35 +272,36 @@ fn lowered_query_hash(lower: &str) -> String {
     out
 }
 
-/// `payload` with `"query_hash": hash` added (replacing an existing one in place).
-fn with_query_hash(payload: Option<Raw<'_>>, hash: &str) -> Result<String, String> {
+/// `payload`, whose top-level members are `members`, with `"query_hash": hash` added, or
+/// replacing the value of a top-level `query_hash` it already has (later duplicates dropped).
+/// Members nested deeper are the payload's own and stay as they are.
+fn with_query_hash(payload: Option<Raw<'_>>, members: &Members<'_>, hash: &str) -> String {
     let mut quoted = String::with_capacity(hash.len() + 2);
     json::push_json_string(&mut quoted, hash);
     let Some(raw) = payload else {
-        return Ok(["{\"query_hash\":", &quoted, "}"].concat());
+        return ["{\"query_hash\":", &quoted, "}"].concat();
     };
     let text = raw.get();
-    if !json::contains(text, "\"query_hash\"") {
+    if !members.0.iter().any(|(k, _)| k == "query_hash") {
         // Fast path: splice the new member in before the closing brace, no re-serialisation.
         let body = text[1..text.len() - 1].trim();
         let sep = if body.is_empty() { "" } else { "," };
-        return Ok(["{", body, sep, "\"query_hash\":", &quoted, "}"].concat());
+        return ["{", body, sep, "\"query_hash\":", &quoted, "}"].concat();
     }
-    let members = Members::parse(text).map_err(|e| format!("invalid payload: {e}"))?;
     let mut out = String::with_capacity(text.len() + 32);
     out.push('{');
     let mut seen = false;
     for (k, v) in &members.0 {
-        if !out.ends_with('{') {
+        let is_hash = k == "query_hash";
+        if is_hash && seen {
+            continue;
+        }
+        if out.len() > 1 {
             out.push(',');
         }
         json::push_json_string(&mut out, k);
         out.push(':');
-        if k == "query_hash" {
-            if seen {
-                out.truncate(out.rfind(',').unwrap_or(1));
-                continue;
-            }
+        if is_hash {
             seen = true;
             out.push_str(&quoted);
         } else {
@@ -308,7 +309,7 @@ fn with_query_hash(payload: Option<Raw<'_>>, hash: &str) -> Result<String, Strin
         }
     }
     out.push('}');
-    Ok(out)
+    out
 }
 
 /// `raw-queries` → `events`.
@@ -350,7 +351,7 @@ fn try_raw_queries(payload: &[u8]) -> Result<Outcome, String> {
             {
                 common.tags.set("query_type", "write");
             }
-            with_query_hash(payload, &lowered_query_hash(&lower))?
+            with_query_hash(payload, &p, &lowered_query_hash(&lower))
         }
         None => payload.map_or_else(|| "{}".to_string(), |p| p.get().to_string()),
     };

@@ -310,3 +310,14 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn query_hash_is_added_when_only_a_nested_member_has_that_name() {
+    let e = one_event(run(
+        raw_queries,
+        br#"{"payload": {"query": "select 2", "plan": {"query_hash": "inner"}}}"#,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&e.attributes).unwrap();
+    assert_eq!(v["query_hash"], query_hash("select 2").as_str());
+    assert_eq!(v["plan"]["query_hash"], "inner", "{}", e.attributes);
+}
