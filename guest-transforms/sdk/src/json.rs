@@ -24,9 +24,9 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy)]
 pub struct Raw<'a> {
     text: &'a str,
-    /// The text has no `\`, so a string needs no unescaping. The scanner knows this from
-    /// its pass over the string; looking again for each field read was ~7% of the guest's
-    /// time for raw-logs.
+    /// `true` only when the text has no `\` (so a string needs no unescaping); `false` may
+    /// also mean "not known". The scanner knows it from its pass over a string; searching
+    /// again for each field read was ~7% of the guest's time for raw-logs.
     plain: bool,
 }
 
