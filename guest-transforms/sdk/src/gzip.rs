@@ -1,24 +1,29 @@
 //! Gzip detection and bounded decompression.
 //!
-//! The gzip framing (RFC 1952) is read here and the deflate data inflated with
-//! `miniz_oxide`'s core decompressor, straight into the output buffer and with one
-//! decompressor state per thread: building that state per message (what `flate2`'s readers
-//! do: a fresh 43 KiB state, zeroed and moved into a box, then every byte copied out of its
-//! 32 KiB window) cost more than inflating a typical OTLP export (BENCHMARKS.md).
+//! The gzip framing (RFC 1952) is read here and the deflate data inflated with `zlib-rs`,
+//! straight into the output buffer and with one decompressor state per thread. Building the
+//! state per message (what `flate2`'s readers do) cost more than inflating a typical OTLP
+//! export. zlib-rs rather than `miniz_oxide`: compiled to wasm it inflates the small
+//! dynamic-Huffman members an OTLP exporter sends in ~8% fewer instructions per otel-metrics
+//! message (BENCHMARKS.md, seventh round).
 
-use miniz_oxide::inflate::TINFLStatus;
-use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
 use std::borrow::Cow;
 use std::cell::RefCell;
+use zlib_rs::{Inflate, InflateFlush, Status};
 
 /// Decompressed payloads larger than this are refused, so a gzip bomb cannot exhaust the
 /// instance's memory (64 MiB by default; the buffer may grow to twice this while reading).
 pub const MAX_DECOMPRESSED: usize = 16 * 1024 * 1024;
 
+/// Deflate's largest window (2^15 bytes): gzip members may refer that far back.
+const WINDOW_BITS: u8 = 15;
+
 thread_local! {
-    // A guest has one thread; the state's tables are rebuilt for every deflate block, so
-    // reuse leaks nothing between messages (`init` restarts it).
-    static DECOMPRESSOR: RefCell<Box<DecompressorOxide>> = RefCell::new(Box::default());
+    // A guest has one thread, and `reset` restarts the state for every member, so reuse
+    // leaks nothing between messages. Its allocations (the state and, once a member needs
+    // more than one call, the window) are larger than the SDK's per-batch arena takes, so
+    // they outlive the batch safely.
+    static DECOMPRESSOR: RefCell<Inflate> = RefCell::new(Inflate::new(false, WINDOW_BITS));
 }
 
 /// True when `bytes` start with the gzip magic number `1f 8b`.
@@ -113,34 +118,33 @@ fn header_len(b: &[u8]) -> Result<usize, String> {
 
 /// Inflate the raw deflate stream at the start of `input`, appending to `out` (whose total
 /// length stays within [`MAX_DECOMPRESSED`]); the number of input bytes it took.
-fn inflate(d: &mut DecompressorOxide, input: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
-    // The output buffer holds the whole member, so back-references read it directly
-    // (no separate window); the member's slice starts at `start` so they cannot reach into
-    // an earlier member. One byte past the limit tells a bomb from a payload of exactly it.
-    let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+fn inflate(d: &mut Inflate, input: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+    // One byte past the limit tells a bomb from a payload of exactly it.
     let cap = MAX_DECOMPRESSED + 1;
     let start = out.len();
-    d.init();
+    d.reset(false);
     out.resize((start + input.len().saturating_mul(4).max(256)).min(cap), 0);
-    let (mut taken, mut pos) = (0, 0);
     loop {
-        let (status, read, written) = decompress(d, &input[taken..], &mut out[start..], pos, flags);
-        taken += read;
-        pos += written;
+        let (taken, pos) = (d.total_in() as usize, start + d.total_out() as usize);
+        // `Finish` with room for the whole member inflates in one call and skips copying
+        // the output into zlib's window; when the room runs out, the next call continues.
+        let status = d.decompress(&input[taken..], &mut out[pos..], InflateFlush::Finish);
+        let (taken, pos) = (d.total_in() as usize, start + d.total_out() as usize);
         match status {
-            TINFLStatus::Done => {
-                out.truncate(start + pos);
+            Ok(Status::StreamEnd) => {
+                out.truncate(pos);
                 return Ok(taken);
             }
-            TINFLStatus::HasMoreOutput if out.len() < cap => {
+            Ok(_) if pos == out.len() && out.len() < cap => {
                 let grown = out.len().saturating_mul(2).min(cap);
                 out.resize(grown, 0);
             }
-            TINFLStatus::HasMoreOutput => return Err(refused()),
-            TINFLStatus::FailedCannotMakeProgress | TINFLStatus::NeedsMoreInput => {
-                return Err("invalid gzip data: truncated deflate stream".into());
+            Ok(_) if pos == out.len() => return Err(refused()),
+            Ok(_) => return Err("invalid gzip data: truncated deflate stream".into()),
+            Err(e) => {
+                let why = d.error_message().unwrap_or(e.as_str());
+                return Err(format!("invalid gzip data: {why}"));
             }
-            other => return Err(format!("invalid gzip data: {other:?}")),
         }
     }
 }
@@ -250,7 +254,8 @@ mod tests {
             (method, "method"),
             (corrupt, "invalid gzip data"),
             (g[..5].to_vec(), "truncated"),
-            (g[..n - 3].to_vec(), "truncated"),
+            (g[..n - 3].to_vec(), "truncated trailer"),
+            (g[..n - 12].to_vec(), "truncated deflate stream"),
         ] {
             let err = maybe_gunzip(&bad).unwrap_err();
             assert!(err.contains(want), "{want}: {err}");
