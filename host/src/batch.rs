@@ -4,9 +4,11 @@
 use crate::rows::{EventRef, MetricRef, RowRef, Tags};
 use crate::wasm::Row;
 use arrow_array::builder::{
-    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    Float64Builder, Int32Builder, Int64Builder, PrimitiveBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::types::ArrowPrimitiveType;
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -122,11 +124,27 @@ impl LineageBuilders {
         self.version.append_value(l.version);
     }
     fn finish(&mut self, cols: &mut Vec<ArrayRef>) {
-        cols.push(Arc::new(self.topic.finish()));
-        cols.push(Arc::new(self.partition.finish()));
-        cols.push(Arc::new(self.offset.finish()));
-        cols.push(Arc::new(self.version.finish()));
+        cols.push(take_strings(&mut self.topic));
+        cols.push(take_values(&mut self.partition));
+        cols.push(take_values(&mut self.offset));
+        cols.push(take_strings(&mut self.version));
     }
+}
+
+/// Finish a column and leave an empty builder sized like it. A table's flushes are alike, so
+/// the next one fills its columns without regrowing them: growing by doubling from empty
+/// copied each column about once more per flush (BENCHMARKS.md, seventh round).
+fn take_strings(b: &mut StringBuilder) -> ArrayRef {
+    let a = b.finish();
+    *b = StringBuilder::with_capacity(a.len(), a.value_data().len());
+    Arc::new(a)
+}
+
+/// [`take_strings`] for fixed-width columns (the timestamps keep their builder's type).
+fn take_values<T: ArrowPrimitiveType>(b: &mut PrimitiveBuilder<T>) -> ArrayRef {
+    let a = b.finish();
+    *b = PrimitiveBuilder::with_capacity(a.len()).with_data_type(a.data_type().clone());
+    Arc::new(a)
 }
 
 /// Append a JSON object of string pairs to `buf` (later keys win, as in a JSON parser).
@@ -367,17 +385,17 @@ impl TableBatcher {
         if self.events.rows > 0 {
             let b = &mut self.events;
             let mut cols: Vec<ArrayRef> = vec![
-                Arc::new(b.timestamp.finish()),
-                Arc::new(b.entity_id.finish()),
-                Arc::new(b.event_type.finish()),
-                Arc::new(b.source.finish()),
-                Arc::new(b.environment.finish()),
-                Arc::new(b.message.finish()),
-                Arc::new(b.tags.finish()),
-                Arc::new(b.attributes.finish()),
-                Arc::new(b.trace_id.finish()),
-                Arc::new(b.id.finish()),
-                Arc::new(b.created_at.finish()),
+                take_values(&mut b.timestamp),
+                take_strings(&mut b.entity_id),
+                take_strings(&mut b.event_type),
+                take_strings(&mut b.source),
+                take_strings(&mut b.environment),
+                take_strings(&mut b.message),
+                take_strings(&mut b.tags),
+                take_strings(&mut b.attributes),
+                take_strings(&mut b.trace_id),
+                take_strings(&mut b.id),
+                take_values(&mut b.created_at),
             ];
             if self.lineage {
                 b.lineage.finish(&mut cols);
@@ -390,18 +408,18 @@ impl TableBatcher {
         if self.metrics.rows > 0 {
             let b = &mut self.metrics;
             let mut cols: Vec<ArrayRef> = vec![
-                Arc::new(b.metric_name.finish()),
-                Arc::new(b.entity_id.finish()),
-                Arc::new(b.timestamp.finish()),
-                Arc::new(b.source.finish()),
-                Arc::new(b.environment.finish()),
-                Arc::new(b.metric_value.finish()),
-                Arc::new(b.metric_type.finish()),
-                Arc::new(b.unit.finish()),
-                Arc::new(b.tags.finish()),
-                Arc::new(b.metadata.finish()),
-                Arc::new(b.created_at.finish()),
-                Arc::new(b.id.finish()),
+                take_strings(&mut b.metric_name),
+                take_strings(&mut b.entity_id),
+                take_values(&mut b.timestamp),
+                take_strings(&mut b.source),
+                take_strings(&mut b.environment),
+                take_values(&mut b.metric_value),
+                take_strings(&mut b.metric_type),
+                take_strings(&mut b.unit),
+                take_strings(&mut b.tags),
+                take_strings(&mut b.metadata),
+                take_values(&mut b.created_at),
+                take_strings(&mut b.id),
             ];
             if self.lineage {
                 b.lineage.finish(&mut cols);
