@@ -458,12 +458,50 @@ pub fn otel_metrics(msg: &Message, stats: &mut Stats) -> Outcome {
 }
 
 fn json_f64(out: &mut String, v: f64) {
-    // Non-finite values have no JSON spelling: null keeps the object valid.
-    if v.is_finite() {
+    // Histogram bounds are mostly whole numbers (1, 10, 100...): those are written as the
+    // integer plus ".0", exactly what `{:?}` prints below 1e16, without the shortest-digits
+    // search of float formatting. Negative zero takes the general path ("-0.0").
+    if v.fract() == 0.0 && v.abs() < 1e15 && (v != 0.0 || v.is_sign_positive()) {
+        push_i64(out, v as i64);
+        out.push_str(".0");
+    } else if v.is_finite() {
         let _ = write!(out, "{v:?}");
     } else {
+        // Non-finite values have no JSON spelling: null keeps the object valid.
         out.push_str("null");
     }
+}
+
+/// Append the decimal digits of `n` (cheaper than `write!`'s formatting machinery).
+fn push_i64(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// The metadata of a gauge or sum point: the metric's description object, closed.
+fn closed(description: &str) -> String {
+    let mut md = String::with_capacity(description.len() + 1);
+    md.push_str(description);
+    md.push('}');
+    md
 }
 
 fn try_otel_metrics(payload: &[u8], stats: &mut Stats) -> Result<Outcome, String> {
@@ -550,7 +588,7 @@ fn try_otel_metrics(payload: &[u8], stats: &mut Stats) -> Result<Outcome, String
                             MetricType::Gauge,
                             &p.attributes,
                             p.time_unix_nano,
-                            format!("{description}}}"),
+                            closed(&description),
                         ));
                     }
                 }
@@ -561,19 +599,21 @@ fn try_otel_metrics(payload: &[u8], stats: &mut Stats) -> Result<Outcome, String
                             MetricType::Counter,
                             &p.attributes,
                             p.time_unix_nano,
-                            format!("{description}}}"),
+                            closed(&description),
                         ));
                     }
                 }
                 Some(pb::Data::Histogram(h)) => {
                     for p in &h.data_points {
                         let mut md = description.clone();
-                        let _ = write!(md, ",\"count\":{},\"bucket_counts\":[", p.count);
+                        md.push_str(",\"count\":");
+                        push_u64(&mut md, p.count);
+                        md.push_str(",\"bucket_counts\":[");
                         for (i, c) in p.bucket_counts.iter().enumerate() {
                             if i > 0 {
                                 md.push(',');
                             }
-                            let _ = write!(md, "{c}");
+                            push_u64(&mut md, *c);
                         }
                         md.push_str("],\"explicit_bounds\":[");
                         for (i, b) in p.explicit_bounds.iter().enumerate() {

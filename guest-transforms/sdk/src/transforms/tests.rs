@@ -321,3 +321,60 @@ fn query_hash_is_added_when_only_a_nested_member_has_that_name() {
     assert_eq!(v["query_hash"], query_hash("select 2").as_str());
     assert_eq!(v["plan"]["query_hash"], "inner", "{}", e.attributes);
 }
+
+/// What the histogram metadata spelled before the integer fast paths: `{:?}`, or `null`.
+fn debug_f64(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:?}")
+    } else {
+        "null".into()
+    }
+}
+
+#[test]
+fn metadata_numbers_are_spelled_as_before() {
+    let edges = [
+        0.0,
+        -0.0,
+        1.0,
+        -5.0,
+        0.5,
+        1e-7,
+        999_999_999_999_999.0,
+        1e15,
+        -1e15,
+        1e16,
+        9_007_199_254_740_993.0,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    for v in edges {
+        let mut s = String::new();
+        json_f64(&mut s, v);
+        assert_eq!(s, debug_f64(v), "{v:?}");
+    }
+    for n in [0, 1, 9, 10, u64::from(u32::MAX), i64::MAX as u64, u64::MAX] {
+        let mut s = String::new();
+        push_u64(&mut s, n);
+        assert_eq!(s, n.to_string());
+    }
+    for n in [i64::MIN, -1, 0, i64::MAX] {
+        let mut s = String::new();
+        push_i64(&mut s, n);
+        assert_eq!(s, n.to_string());
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_f64_is_spelled_as_before(bits in proptest::prelude::any::<u64>(), whole in -2e15f64..2e15) {
+        for v in [f64::from_bits(bits), whole.trunc(), whole] {
+            let mut s = String::new();
+            json_f64(&mut s, v);
+            proptest::prop_assert_eq!(s, debug_f64(v));
+        }
+    }
+}
