@@ -201,17 +201,18 @@ pub mod metrics {
 /// them. Field names are lowerCamelCase; the snake_case spelling of the protobuf JSON mapping
 /// is accepted too.
 pub mod logs_json {
-    use crate::json::Raw;
+    use crate::json::{self, Raw};
+    use crate::scan::Cursor;
     use serde::Deserialize;
 
-    #[derive(Deserialize, Default)]
+    #[derive(Deserialize, Default, Debug, PartialEq)]
     #[serde(rename_all = "camelCase")]
     pub struct ExportLogsServiceRequest<'a> {
         #[serde(default, borrow, alias = "resource_logs")]
         pub resource_logs: Vec<ResourceLogs<'a>>,
     }
 
-    #[derive(Deserialize, Default)]
+    #[derive(Deserialize, Default, Debug, PartialEq)]
     #[serde(rename_all = "camelCase")]
     pub struct ResourceLogs<'a> {
         #[serde(default, borrow)]
@@ -220,20 +221,20 @@ pub mod logs_json {
         pub scope_logs: Vec<ScopeLogs<'a>>,
     }
 
-    #[derive(Deserialize, Default)]
+    #[derive(Deserialize, Default, Debug, PartialEq)]
     pub struct Resource<'a> {
         #[serde(default, borrow)]
         pub attributes: Vec<KeyValue<'a>>,
     }
 
-    #[derive(Deserialize, Default)]
+    #[derive(Deserialize, Default, Debug, PartialEq)]
     #[serde(rename_all = "camelCase")]
     pub struct ScopeLogs<'a> {
         #[serde(default, borrow, alias = "log_records")]
         pub log_records: Vec<LogRecord<'a>>,
     }
 
-    #[derive(Deserialize, Default)]
+    #[derive(Deserialize, Default, Debug, PartialEq)]
     #[serde(rename_all = "camelCase")]
     pub struct LogRecord<'a> {
         #[serde(default, borrow, alias = "time_unix_nano")]
@@ -250,12 +251,172 @@ pub mod logs_json {
         pub trace_id: Option<Raw<'a>>,
     }
 
-    #[derive(Deserialize)]
+    #[derive(Deserialize, Debug, PartialEq)]
     pub struct KeyValue<'a> {
         #[serde(borrow)]
         pub key: std::borrow::Cow<'a, str>,
         #[serde(default, borrow)]
         pub value: Option<Raw<'a>>,
+    }
+
+    /// The request in `text`, read in one pass by the scanner: serde_json's derived reader
+    /// (which also scans every captured value twice) was half of raw-host-logs' time. The
+    /// answer is what serde_json's would be, or `None` wherever serde_json might answer
+    /// otherwise: invalid JSON, a field of another kind, a field given twice (under either
+    /// name), a key-value without its key, a struct written as an array. The caller then
+    /// asks serde_json, which decides and words any error. A differential test holds the
+    /// two readers equal.
+    pub fn read(text: &str) -> Option<ExportLogsServiceRequest<'_>> {
+        let mut c = Cursor::new(text);
+        let mut req = ExportLogsServiceRequest::default();
+        let mut seen = Seen::default();
+        c.object(|key, c| match key.as_ref() {
+            "resourceLogs" | "resource_logs" => {
+                seen.first(0)?;
+                req.resource_logs = list(c, resource_logs)?;
+                Some(())
+            }
+            _ => skip(c),
+        })?;
+        c.end().then_some(req)
+    }
+
+    /// The fields of one struct seen so far, by bit.
+    #[derive(Default)]
+    struct Seen(u8);
+
+    impl Seen {
+        /// `None` when field `bit` was seen before (serde rejects duplicate fields).
+        fn first(&mut self, bit: u8) -> Option<()> {
+            let mask = 1 << bit;
+            if self.0 & mask != 0 {
+                return None;
+            }
+            self.0 |= mask;
+            Some(())
+        }
+    }
+
+    fn skip(c: &mut Cursor<'_>) -> Option<()> {
+        c.raw().map(drop)
+    }
+
+    /// A sequence field (`null` is not one, for serde either).
+    fn list<'a, T>(
+        c: &mut Cursor<'a>,
+        item: impl Fn(&mut Cursor<'a>) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let mut out = Vec::new();
+        c.array(|c| {
+            out.push(item(c)?);
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    /// An `Option` field: `null` is `None`.
+    fn optional<'a, T>(
+        c: &mut Cursor<'a>,
+        read: impl Fn(&mut Cursor<'a>) -> Option<T>,
+    ) -> Option<Option<T>> {
+        if c.null() {
+            return Some(None);
+        }
+        read(c).map(Some)
+    }
+
+    fn resource_logs<'a>(c: &mut Cursor<'a>) -> Option<ResourceLogs<'a>> {
+        let mut out = ResourceLogs::default();
+        let mut seen = Seen::default();
+        c.object(|key, c| match key.as_ref() {
+            "resource" => {
+                seen.first(0)?;
+                out.resource = optional(c, resource)?;
+                Some(())
+            }
+            "scopeLogs" | "scope_logs" => {
+                seen.first(1)?;
+                out.scope_logs = list(c, scope_logs)?;
+                Some(())
+            }
+            _ => skip(c),
+        })?;
+        Some(out)
+    }
+
+    fn resource<'a>(c: &mut Cursor<'a>) -> Option<Resource<'a>> {
+        let mut out = Resource::default();
+        let mut seen = Seen::default();
+        c.object(|key, c| match key.as_ref() {
+            "attributes" => {
+                seen.first(0)?;
+                out.attributes = list(c, key_value)?;
+                Some(())
+            }
+            _ => skip(c),
+        })?;
+        Some(out)
+    }
+
+    fn scope_logs<'a>(c: &mut Cursor<'a>) -> Option<ScopeLogs<'a>> {
+        let mut out = ScopeLogs::default();
+        let mut seen = Seen::default();
+        c.object(|key, c| match key.as_ref() {
+            "logRecords" | "log_records" => {
+                seen.first(0)?;
+                out.log_records = list(c, log_record)?;
+                Some(())
+            }
+            _ => skip(c),
+        })?;
+        Some(out)
+    }
+
+    fn log_record<'a>(c: &mut Cursor<'a>) -> Option<LogRecord<'a>> {
+        let mut out = LogRecord::default();
+        let mut seen = Seen::default();
+        c.object(|key, c| {
+            let (bit, slot) = match key.as_ref() {
+                "timeUnixNano" | "time_unix_nano" => (0, &mut out.time_unix_nano),
+                "observedTimeUnixNano" | "observed_time_unix_nano" => {
+                    (1, &mut out.observed_time_unix_nano)
+                }
+                "severityText" | "severity_text" => (2, &mut out.severity_text),
+                "body" => (3, &mut out.body),
+                "traceId" | "trace_id" => (4, &mut out.trace_id),
+                "attributes" => {
+                    seen.first(5)?;
+                    out.attributes = list(c, key_value)?;
+                    return Some(());
+                }
+                _ => return skip(c),
+            };
+            seen.first(bit)?;
+            *slot = optional(c, Cursor::raw)?;
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    fn key_value<'a>(c: &mut Cursor<'a>) -> Option<KeyValue<'a>> {
+        let (mut key, mut value) = (None, None);
+        let mut seen = Seen::default();
+        c.object(|k, c| match k.as_ref() {
+            "key" => {
+                seen.first(0)?;
+                let raw = c.raw()?;
+                // A string only; as_str unescapes, refusing what serde refuses.
+                key = Some(json::as_str(raw)?);
+                Some(())
+            }
+            "value" => {
+                seen.first(1)?;
+                value = optional(c, Cursor::raw)?;
+                Some(())
+            }
+            _ => skip(c),
+        })?;
+        Some(KeyValue { key: key?, value })
     }
 }
 
@@ -312,4 +473,188 @@ pub fn any_value_text(v: &metrics::AnyValue) -> Option<String> {
             format!("{{{}}}", items.join(","))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logs_json::{ExportLogsServiceRequest, read};
+    use proptest::prelude::*;
+
+    /// What serde_json's derived reader makes of `text` (the reference).
+    fn reference(text: &str) -> Option<ExportLogsServiceRequest<'_>> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// Values of the wrong kind for any field, and odd but valid ones.
+    fn other() -> BoxedStrategy<String> {
+        prop_oneof![
+            Just("null"),
+            Just("1"),
+            Just("-2.5e3"),
+            Just("true"),
+            Just("\"s\""),
+            Just("\"a\\u00e9\\n\""),
+            Just("\"\\ud800\""),
+            Just("{}"),
+            Just("[]"),
+            Just("[1,{\"a\":null}]"),
+        ]
+        .prop_map(String::from)
+        .boxed()
+    }
+
+    /// An object with each of `fields` (its key spellings and its value) absent, present or,
+    /// when `bad`, given twice, plus unknown members, in any order; when `bad`, sometimes
+    /// something else than an object.
+    fn object(
+        bad: bool,
+        fields: Vec<(Vec<&'static str>, BoxedStrategy<String>)>,
+    ) -> BoxedStrategy<String> {
+        let mut members: Vec<BoxedStrategy<Vec<String>>> = fields
+            .into_iter()
+            .map(|(keys, value)| {
+                let required = keys[0] == "key";
+                let member = (proptest::sample::select(keys), value)
+                    .prop_map(|(k, v)| format!("\"{k}\" : {v}"));
+                // A key-value's key is required: only a bad one lacks it.
+                let absent = if required && !bad { 0 } else { 2 };
+                let twice = if bad { 1 } else { 0 };
+                prop_oneof![absent => Just(0), 12 => Just(1), twice => Just(2)]
+                    .prop_flat_map(move |n| proptest::collection::vec(member.clone(), n))
+                    .boxed()
+            })
+            .collect();
+        let unknown = other().prop_map(|v| format!("\"zz\":{v}"));
+        members.push(proptest::collection::vec(unknown, 0..2).boxed());
+        let object = members
+            .prop_map(|m| m.into_iter().flatten().collect::<Vec<_>>())
+            .prop_shuffle()
+            .prop_map(|m| format!("{{{}}}", m.join(",")));
+        if !bad {
+            return object.boxed();
+        }
+        let seq =
+            proptest::collection::vec(other(), 0..3).prop_map(|v| format!("[{}]", v.join(",")));
+        prop_oneof![30 => object, 1 => other(), 1 => seq].boxed()
+    }
+
+    fn list(bad: bool, item: BoxedStrategy<String>) -> BoxedStrategy<String> {
+        let items =
+            proptest::collection::vec(item, 0..3).prop_map(|v| format!("[ {} ]", v.join(" ,")));
+        if !bad {
+            return items.boxed();
+        }
+        prop_oneof![30 => items, 1 => other()].boxed()
+    }
+
+    /// A key that is a string (sometimes escaped), or when `bad` sometimes not.
+    fn key(bad: bool) -> BoxedStrategy<String> {
+        let good = prop_oneof![Just("\"host.name\""), Just("\"p\\u00e9d\"")].prop_map(String::from);
+        if !bad {
+            return good.boxed();
+        }
+        prop_oneof![12 => good, 1 => other()].boxed()
+    }
+
+    /// An OTLP/JSON logs request with every field's kind varied; with `bad`, also duplicate
+    /// fields, fields of the wrong kind and structs written as something else.
+    fn document(bad: bool) -> BoxedStrategy<String> {
+        let value = || prop_oneof![Just("{\"stringValue\":\"v\"}".to_string()), other()].boxed();
+        let kv = object(
+            bad,
+            vec![
+                (vec!["key", "k\\u0065y"], key(bad)),
+                (vec!["value"], value()),
+            ],
+        );
+        let record = object(
+            bad,
+            vec![
+                (vec!["timeUnixNano", "time_unix_nano"], other()),
+                (
+                    vec!["observedTimeUnixNano", "observed_time_unix_nano"],
+                    other(),
+                ),
+                (vec!["severityText", "severity_text"], other()),
+                (vec!["body"], value()),
+                (vec!["traceId", "trace_id"], other()),
+                (vec!["attributes"], list(bad, kv.clone())),
+            ],
+        );
+        let scope = object(
+            bad,
+            vec![(vec!["logRecords", "log_records"], list(bad, record))],
+        );
+        let resource = prop_oneof![
+            Just("null".to_string()),
+            object(bad, vec![(vec!["attributes"], list(bad, kv))])
+        ];
+        let rl = object(
+            bad,
+            vec![
+                (vec!["resource"], resource.boxed()),
+                (vec!["scopeLogs", "scope_logs"], list(bad, scope)),
+            ],
+        );
+        object(
+            bad,
+            vec![(vec!["resourceLogs", "resource_logs"], list(bad, rl))],
+        )
+    }
+
+    #[test]
+    fn reads_a_collector_export_like_serde() {
+        let text = r#" {"resourceLogs":[{"resource":{"attributes":[{"key":"host.name","value":{"stringValue":"db-1"}}]},
+            "scopeLogs":[{"scope":{},"logRecords":[{"timeUnixNano":"1700000000000000000","severityText":"WARN",
+            "body":{"stringValue":"disk \"full\""},"attributes":[{"key":"pid","value":{"intValue":"42"}}],
+            "traceId":"abc","flags":1}]}]}]} "#;
+        let fast = read(text).expect("the scanner reads a valid export");
+        assert_eq!(Some(&fast), reference(text).as_ref());
+        assert_eq!(
+            fast.resource_logs[0].scope_logs[0].log_records[0].attributes[0].key,
+            "pid"
+        );
+    }
+
+    #[test]
+    fn leaves_to_serde_what_it_might_answer_differently() {
+        for text in [
+            r#"{"resourceLogs":[],"resource_logs":[]}"#,
+            r#"{"resourceLogs":null}"#,
+            r#"{"resourceLogs":[{"resource":[[]]}]}"#,
+            r#"{"resourceLogs":[{"resource":{"attributes":[{"value":null}]}}]}"#,
+            r#"{"resourceLogs":[{"resource":{"attributes":[{"key":1}]}}]}"#,
+            r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":1,"body":2}]}]}]}"#,
+            r#"{"resourceLogs":[]} x"#,
+        ] {
+            assert_eq!(read(text), None, "{text}");
+        }
+        // A struct written as an array is valid for serde, and left to it.
+        let seq = r#"{"resourceLogs":[[null,[]]]}"#;
+        assert_eq!(read(seq), None);
+        assert!(reference(seq).is_some());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Whenever the scanner answers, serde_json gives the same request.
+        #[test]
+        fn the_scanner_answers_only_as_serde_would(text in document(true), cut in 0usize..400) {
+            for text in [text.as_str(), &text[..text.floor_char_boundary(cut.min(text.len()))]] {
+                if let Some(fast) = read(text) {
+                    prop_assert_eq!(Some(fast), reference(text), "{}", text);
+                }
+            }
+        }
+
+        /// Requests of the expected shape (any field absent, null, aliased or unknown) are
+        /// read by the scanner, the same as by serde_json.
+        #[test]
+        fn the_scanner_reads_every_well_formed_request(text in document(false)) {
+            let fast = read(&text);
+            prop_assert!(fast.is_some(), "{}", text);
+            prop_assert_eq!(fast, reference(&text), "{}", text);
+        }
+    }
 }

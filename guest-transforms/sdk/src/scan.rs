@@ -45,6 +45,121 @@ pub(crate) fn is_object(text: &str) -> bool {
     r.peek() == Some(b'{') && r.nested(b'}', true).is_some() && r.end()
 }
 
+/// A cursor over one JSON document, for readers that know the shape they expect (the
+/// OTLP/JSON logs reader): each method reads the value at the cursor, or answers `None` when
+/// the input is invalid or not of the kind asked for, so the caller can leave the document
+/// to serde_json. Values are checked exactly as [`object`] checks them.
+pub(crate) struct Cursor<'a>(Reader<'a>);
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        let mut r = Reader::new(text);
+        r.ws();
+        Cursor(r)
+    }
+
+    /// Only whitespace is left.
+    pub(crate) fn end(mut self) -> bool {
+        self.0.end()
+    }
+
+    /// The value at the cursor is `null`: read it and answer `true`.
+    pub(crate) fn null(&mut self) -> bool {
+        let r = &mut self.0;
+        let found = r.b[r.i..].starts_with(b"null");
+        if found {
+            r.i += 4;
+        }
+        found
+    }
+
+    /// Read a value of any kind, as its JSON text.
+    pub(crate) fn raw(&mut self) -> Option<Raw<'a>> {
+        let start = self.0.i;
+        let plain = self.0.value()?;
+        Some(Raw::validated(&self.0.s[start..self.0.i], plain))
+    }
+
+    /// Read the object at the cursor: `member` gets each key with the cursor at its value,
+    /// and must read that value.
+    pub(crate) fn object(
+        &mut self,
+        mut member: impl FnMut(Cow<'a, str>, &mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.open(b'{')?;
+        if self.close(b'}')? {
+            return Some(());
+        }
+        loop {
+            let key = self.0.key()?;
+            self.0.ws();
+            if self.0.peek()? != b':' {
+                return None;
+            }
+            self.0.i += 1;
+            self.0.ws();
+            member(key, self)?;
+            if self.next(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// Read the array at the cursor: `element` is called with the cursor at each element,
+    /// and must read it.
+    pub(crate) fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.open(b'[')?;
+        if self.close(b']')? {
+            return Some(());
+        }
+        loop {
+            element(self)?;
+            if self.next(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    fn open(&mut self, bracket: u8) -> Option<()> {
+        let r = &mut self.0;
+        if r.peek()? != bracket {
+            return None;
+        }
+        r.depth += 1;
+        if r.depth > MAX_DEPTH {
+            return None;
+        }
+        r.i += 1;
+        r.ws();
+        Some(())
+    }
+
+    /// An empty object or array ends here: read its closing bracket.
+    fn close(&mut self, bracket: u8) -> Option<bool> {
+        let r = &mut self.0;
+        if r.peek()? != bracket {
+            return Some(false);
+        }
+        r.i += 1;
+        r.depth -= 1;
+        Some(true)
+    }
+
+    /// After an item: `,` (another follows) or the closing bracket (`true`).
+    fn next(&mut self, bracket: u8) -> Option<bool> {
+        let r = &mut self.0;
+        r.ws();
+        match r.peek()? {
+            b',' => {
+                r.i += 1;
+                r.ws();
+                Some(false)
+            }
+            _ => self.close(bracket)?.then_some(true),
+        }
+    }
+}
+
 struct Reader<'a> {
     s: &'a str,
     b: &'a [u8],

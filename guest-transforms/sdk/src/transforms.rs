@@ -393,7 +393,12 @@ pub fn raw_host_logs(msg: &Message, _stats: &mut Stats) -> Outcome {
 }
 
 fn try_raw_host_logs(payload: &[u8]) -> Result<Outcome, String> {
-    let req: logs_json::ExportLogsServiceRequest = parse_object(payload)?;
+    // The scanner reads valid requests; serde_json decides the rest (and words the error).
+    let scanned = std::str::from_utf8(payload).ok().and_then(logs_json::read);
+    let req = match scanned {
+        Some(req) => req,
+        None => parse_object(payload)?,
+    };
     let mut rows = Vec::new();
     for rl in &req.resource_logs {
         let mut host = None;
@@ -491,6 +496,7 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
+    // A push per digit measured cheaper than validating the slice as UTF-8 for push_str.
     for &d in &digits[at..] {
         out.push(char::from(d));
     }
