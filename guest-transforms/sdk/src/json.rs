@@ -172,7 +172,15 @@ pub fn contains(haystack: &str, needle: &str) -> bool {
 
 /// Quote `s` as a JSON string into `out`.
 pub fn push_json_string(out: &mut String, s: &str) {
-    // serde_json's escaping is the reference; writing into a String cannot fail.
+    // Nearly all text needs no escape: quote it in place. Otherwise serde_json's escaping
+    // (the reference; writing into a String cannot fail) into a temporary.
+    if !crate::scan::needs_escape(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let quoted = serde_json::to_string(s).unwrap_or_default();
     out.push_str(&quoted);
 }
@@ -292,5 +300,46 @@ mod tests {
         assert_eq!(keys, ["b", "a", "b"]);
         assert_eq!(m.get("b").unwrap().get(), "2");
         assert!(members(raw("[1]")).is_none());
+    }
+
+    #[test]
+    fn strings_are_quoted_as_serde_json_quotes_them() {
+        // Every byte that needs an escape, at every position around the eight-byte steps.
+        let specials = ['"', '\\', '\n', '\u{0}', '\u{1f}'];
+        for len in 0..20 {
+            let plain: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let mut cases = vec![
+                plain.clone(),
+                format!("{plain}é\u{7f}~ "),
+                format!("{plain}\u{1f600}"),
+            ];
+            for at in 0..=len {
+                for c in specials {
+                    let mut t = plain.clone();
+                    t.insert(at, c);
+                    cases.push(t);
+                }
+            }
+            for t in cases {
+                let mut out = String::from("x");
+                push_json_string(&mut out, &t);
+                assert_eq!(
+                    out,
+                    format!("x{}", serde_json::to_string(&t).unwrap()),
+                    "{t:?}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_is_quoted_as_serde_json_quotes_it(t in "\\PC*|[\\x00-\\x7f]{0,40}") {
+            let mut out = String::new();
+            push_json_string(&mut out, &t);
+            proptest::prop_assert_eq!(out, serde_json::to_string(&t).unwrap());
+        }
     }
 }
