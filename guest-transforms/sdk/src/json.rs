@@ -245,6 +245,25 @@ pub fn members(raw: Raw<'_>) -> Option<Members<'_>> {
     Members::parse(raw.get()).ok()
 }
 
+/// The last member of `raw` when it is a non-empty object (an OTLP/JSON `AnyValue` holds
+/// one), read without collecting the members.
+pub fn last_member(raw: Raw<'_>) -> Option<(Cow<'_, str>, Raw<'_>)> {
+    if kind(raw) != Kind::Object {
+        return None;
+    }
+    let mut last = None;
+    let mut c = crate::scan::Cursor::new(raw.get());
+    let read = c.object(|k, c| {
+        last = Some((k, c.raw()?));
+        Some(())
+    });
+    match read {
+        Some(()) => last,
+        // Only what the scanner leaves to serde_json (deep nesting) gets here.
+        None => members(raw)?.0.pop(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +360,27 @@ mod tests {
             push_json_string(&mut out, &t);
             proptest::prop_assert_eq!(out, serde_json::to_string(&t).unwrap());
         }
+    }
+
+    #[test]
+    fn last_member_is_the_last_of_members() {
+        let deep = format!("{{\"a\":1,\"b\":{}{}}}", "[".repeat(120), "]".repeat(120));
+        for text in [
+            r#"{"stringValue":"x"}"#,
+            r#"{"a":1,"a":{"b":[2]}}"#,
+            r#"{"k\u00e9":true}"#,
+            r#"{}"#,
+            "[1]",
+            "\"s\"",
+            &deep,
+        ] {
+            let r = raw(text);
+            assert_eq!(
+                last_member(r),
+                members(r).and_then(|mut m| m.0.pop()),
+                "{text}"
+            );
+        }
+        assert!(last_member(raw(&deep)).is_some());
     }
 }

@@ -423,11 +423,10 @@ pub mod logs_json {
 /// Text of an OTLP/JSON `AnyValue` object: `stringValue` as is, other kinds as their text
 /// (numbers, `true`/`false`, arrays and key/value lists as JSON). `None` for an empty value.
 pub fn any_value_json_text(raw: crate::json::Raw<'_>) -> Option<String> {
-    let m = crate::json::members(raw)?;
-    let (k, v) = m.0.last()?;
+    let (k, v) = crate::json::last_member(raw)?;
     let text = match k.as_ref() {
         "stringValue" | "string_value" | "intValue" | "int_value" | "bytesValue"
-        | "bytes_value" => crate::json::text(*v).into_owned(),
+        | "bytes_value" => crate::json::text(v).into_owned(),
         _ => v.get().to_string(),
     };
     Some(text)
