@@ -16,7 +16,7 @@ impl Guest for OtelMetrics {
     }
 
     fn process(batch: Vec<Message>) -> Vec<Outcome> {
-        vast_transform_sdk::process_each(&batch, transforms::otel_metrics)
+        vast_transform_sdk::process_each_scoped(&batch, transforms::otel_metrics)
     }
 }
 

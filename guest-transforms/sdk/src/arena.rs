@@ -205,3 +205,12 @@ pub fn scoped<R>(f: impl FnOnce() -> R) -> R {
     ALLOCATOR.arena().active = false;
     out
 }
+
+/// Run `f` with arena allocation off, for state that must outlive the batch although it is
+/// created lazily during one (the gzip decompressor kept per thread).
+pub fn outside<R>(f: impl FnOnce() -> R) -> R {
+    let was = core::mem::replace(&mut ALLOCATOR.arena().active, false);
+    let out = f();
+    ALLOCATOR.arena().active = was;
+    out
+}

@@ -20,10 +20,10 @@ const WINDOW_BITS: u8 = 15;
 
 thread_local! {
     // A guest has one thread, and `reset` restarts the state for every member, so reuse
-    // leaks nothing between messages. Its allocations (the state and, once a member needs
-    // more than one call, the window) are larger than the SDK's per-batch arena takes, so
-    // they outlive the batch safely.
-    static DECOMPRESSOR: RefCell<Inflate> = RefCell::new(Inflate::new(false, WINDOW_BITS));
+    // leaks nothing between messages. Made on first use, usually inside a batch: allocated
+    // outside the per-batch arena, since it outlives the batch.
+    static DECOMPRESSOR: RefCell<Inflate> =
+        RefCell::new(crate::outside_arena(|| Inflate::new(false, WINDOW_BITS)));
 }
 
 /// True when `bytes` start with the gzip magic number `1f 8b`.

@@ -251,6 +251,23 @@ pub fn process_each_scoped(
     process_each(batch, f)
 }
 
+/// Run `f` outside the per-batch arena (see [`process_each_scoped`]): what it allocates may
+/// be kept past the batch. Without the arena, it just runs `f`.
+pub(crate) fn outside_arena<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(all(
+        feature = "talc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    ))]
+    return arena::outside(f);
+    #[cfg(not(all(
+        feature = "talc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    )))]
+    f()
+}
+
 /// Build a message for tests and benchmarks.
 pub fn message(topic: &str, offset: i64, payload: impl Into<Vec<u8>>) -> Message {
     Message {
