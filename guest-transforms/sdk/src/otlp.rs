@@ -268,17 +268,9 @@ pub mod logs_json {
     /// two readers equal.
     pub fn read(text: &str) -> Option<ExportLogsServiceRequest<'_>> {
         let mut c = Cursor::new(text);
-        let mut req = ExportLogsServiceRequest::default();
-        let mut seen = Seen::default();
-        c.object(|key, c| match key.as_ref() {
-            "resourceLogs" | "resource_logs" => {
-                seen.first(0)?;
-                req.resource_logs = list(c, resource_logs)?;
-                Some(())
-            }
-            _ => skip(c),
-        })?;
-        c.end().then_some(req)
+        let resource_logs = only_list(&mut c, ["resourceLogs", "resource_logs"], resource_logs)?;
+        c.end()
+            .then_some(ExportLogsServiceRequest { resource_logs })
     }
 
     /// The fields of one struct seen so far, by bit.
@@ -344,32 +336,33 @@ pub mod logs_json {
         Some(out)
     }
 
-    fn resource<'a>(c: &mut Cursor<'a>) -> Option<Resource<'a>> {
-        let mut out = Resource::default();
+    /// A struct with one field, a list under either of `names` (a field absent is empty).
+    fn only_list<'a, T>(
+        c: &mut Cursor<'a>,
+        names: [&str; 2],
+        item: impl Fn(&mut Cursor<'a>) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let mut out = Vec::new();
         let mut seen = Seen::default();
-        c.object(|key, c| match key.as_ref() {
-            "attributes" => {
-                seen.first(0)?;
-                out.attributes = list(c, key_value)?;
-                Some(())
+        c.object(|key, c| {
+            if !names.contains(&key.as_ref()) {
+                return skip(c);
             }
-            _ => skip(c),
+            seen.first(0)?;
+            out = list(c, &item)?;
+            Some(())
         })?;
         Some(out)
     }
 
+    fn resource<'a>(c: &mut Cursor<'a>) -> Option<Resource<'a>> {
+        let attributes = only_list(c, ["attributes", "attributes"], key_value)?;
+        Some(Resource { attributes })
+    }
+
     fn scope_logs<'a>(c: &mut Cursor<'a>) -> Option<ScopeLogs<'a>> {
-        let mut out = ScopeLogs::default();
-        let mut seen = Seen::default();
-        c.object(|key, c| match key.as_ref() {
-            "logRecords" | "log_records" => {
-                seen.first(0)?;
-                out.log_records = list(c, log_record)?;
-                Some(())
-            }
-            _ => skip(c),
-        })?;
-        Some(out)
+        let log_records = only_list(c, ["logRecords", "log_records"], log_record)?;
+        Some(ScopeLogs { log_records })
     }
 
     fn log_record<'a>(c: &mut Cursor<'a>) -> Option<LogRecord<'a>> {
