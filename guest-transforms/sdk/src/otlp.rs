@@ -268,7 +268,7 @@ pub mod logs_json {
     /// two readers equal.
     pub fn read(text: &str) -> Option<ExportLogsServiceRequest<'_>> {
         let mut c = Cursor::new(text);
-        let resource_logs = only_list(&mut c, ["resourceLogs", "resource_logs"], resource_logs)?;
+        let resource_logs = only_list(&mut c, &["resourceLogs", "resource_logs"], resource_logs)?;
         c.end()
             .then_some(ExportLogsServiceRequest { resource_logs })
     }
@@ -339,7 +339,7 @@ pub mod logs_json {
     /// A struct with one field, a list under either of `names` (a field absent is empty).
     fn only_list<'a, T>(
         c: &mut Cursor<'a>,
-        names: [&str; 2],
+        names: &[&str],
         item: impl Fn(&mut Cursor<'a>) -> Option<T>,
     ) -> Option<Vec<T>> {
         let mut out = Vec::new();
@@ -356,12 +356,12 @@ pub mod logs_json {
     }
 
     fn resource<'a>(c: &mut Cursor<'a>) -> Option<Resource<'a>> {
-        let attributes = only_list(c, ["attributes", "attributes"], key_value)?;
+        let attributes = only_list(c, &["attributes"], key_value)?;
         Some(Resource { attributes })
     }
 
     fn scope_logs<'a>(c: &mut Cursor<'a>) -> Option<ScopeLogs<'a>> {
-        let log_records = only_list(c, ["logRecords", "log_records"], log_record)?;
+        let log_records = only_list(c, &["logRecords", "log_records"], log_record)?;
         Some(ScopeLogs { log_records })
     }
 

@@ -65,12 +65,7 @@ impl<'a> Cursor<'a> {
 
     /// The value at the cursor is `null`: read it and answer `true`.
     pub(crate) fn null(&mut self) -> bool {
-        let r = &mut self.0;
-        let found = r.b[r.i..].starts_with(b"null");
-        if found {
-            r.i += 4;
-        }
-        found
+        self.0.literal(b"null").is_some()
     }
 
     /// Read a value of any kind, as its JSON text.

@@ -467,7 +467,7 @@ fn json_f64(out: &mut String, v: f64) {
     // integer plus ".0", exactly what `{:?}` prints below 1e16, without the shortest-digits
     // search of float formatting. Negative zero takes the general path ("-0.0").
     if v.fract() == 0.0 && v.abs() < 1e15 && (v != 0.0 || v.is_sign_positive()) {
-        push_i64(out, v as i64);
+        push_int(out, v as i64);
         out.push_str(".0");
     } else if v.is_finite() {
         let _ = write!(out, "{v:?}");
@@ -477,29 +477,10 @@ fn json_f64(out: &mut String, v: f64) {
     }
 }
 
-/// Append the decimal digits of `n` (cheaper than `write!`'s formatting machinery).
-fn push_i64(out: &mut String, n: i64) {
-    if n < 0 {
-        out.push('-');
-    }
-    push_u64(out, n.unsigned_abs());
-}
-
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // A push per digit measured cheaper than validating the slice as UTF-8 for push_str.
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+/// Append the decimal digits of `n` (itoa, as serde_json writes integers: cheaper than
+/// `write!`'s formatting machinery).
+fn push_int(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// The metadata of a gauge or sum point: the metric's description object, closed.
@@ -613,13 +594,13 @@ fn try_otel_metrics(payload: &[u8], stats: &mut Stats) -> Result<Outcome, String
                     for p in &h.data_points {
                         let mut md = description.clone();
                         md.push_str(",\"count\":");
-                        push_u64(&mut md, p.count);
+                        push_int(&mut md, p.count);
                         md.push_str(",\"bucket_counts\":[");
                         for (i, c) in p.bucket_counts.iter().enumerate() {
                             if i > 0 {
                                 md.push(',');
                             }
-                            push_u64(&mut md, *c);
+                            push_int(&mut md, *c);
                         }
                         md.push_str("],\"explicit_bounds\":[");
                         for (i, b) in p.explicit_bounds.iter().enumerate() {

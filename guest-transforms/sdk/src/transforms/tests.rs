@@ -358,12 +358,12 @@ fn metadata_numbers_are_spelled_as_before() {
     }
     for n in [0, 1, 9, 10, u64::from(u32::MAX), i64::MAX as u64, u64::MAX] {
         let mut s = String::new();
-        push_u64(&mut s, n);
+        push_int(&mut s, n);
         assert_eq!(s, n.to_string());
     }
     for n in [i64::MIN, -1, 0, i64::MAX] {
         let mut s = String::new();
-        push_i64(&mut s, n);
+        push_int(&mut s, n);
         assert_eq!(s, n.to_string());
     }
 }
