@@ -3,12 +3,11 @@
 
 use crate::rows::{EventRef, MetricRef, RowRef, Tags};
 use crate::wasm::Row;
-use arrow_array::builder::{
-    Float64Builder, Int32Builder, Int64Builder, PrimitiveBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+use arrow_array::types::{
+    ArrowPrimitiveType, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
-use arrow_array::types::ArrowPrimitiveType;
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, PrimitiveArray, RecordBatch, StringArray};
+use arrow_buffer::{Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -110,10 +109,10 @@ pub struct Lineage<'a> {
 
 #[derive(Default)]
 struct LineageBuilders {
-    topic: StringBuilder,
-    partition: Int32Builder,
-    offset: Int64Builder,
-    version: StringBuilder,
+    topic: StrColumn,
+    partition: ValueColumn<Int32Type>,
+    offset: ValueColumn<Int64Type>,
+    version: StrColumn,
 }
 
 impl LineageBuilders {
@@ -123,28 +122,148 @@ impl LineageBuilders {
         self.offset.append_value(l.offset);
         self.version.append_value(l.version);
     }
-    fn finish(&mut self, cols: &mut Vec<ArrayRef>) {
-        cols.push(take_strings(&mut self.topic));
-        cols.push(take_values(&mut self.partition));
-        cols.push(take_values(&mut self.offset));
-        cols.push(take_strings(&mut self.version));
+    fn columns(&mut self) -> [&mut dyn Column; 4] {
+        [
+            &mut self.topic,
+            &mut self.partition,
+            &mut self.offset,
+            &mut self.version,
+        ]
     }
 }
 
-/// Finish a column and leave an empty builder sized like it. A table's flushes are alike, so
-/// the next one fills its columns without regrowing them: growing by doubling from empty
-/// copied each column about once more per flush (BENCHMARKS.md, seventh round).
-fn take_strings(b: &mut StringBuilder) -> ArrayRef {
-    let a = b.finish();
-    *b = StringBuilder::with_capacity(a.len(), a.value_data().len());
-    Arc::new(a)
+/// A column being filled. Its buffers survive the flush: [`Column::finish`] moves them into
+/// the Arrow array without copying, and [`Column::recycle`] takes them back once the sink is
+/// done with the batch. Fresh buffers per flush (arrow's builders) had every batch
+/// page-fault its memory in again after the allocator returned the last one to the OS:
+/// three quarters of the full path's page faults (BENCHMARKS.md, eighth round).
+trait Column {
+    /// The filled column as an array; the column starts empty.
+    fn finish(&mut self) -> ArrayRef;
+    /// Take back the buffers of `array` (this column's last [`Column::finish`]) if nothing
+    /// else holds them; otherwise reserve as much as it held.
+    fn recycle(&mut self, array: ArrayRef);
 }
 
-/// [`take_strings`] for fixed-width columns (the timestamps keep their builder's type).
-fn take_values<T: ArrowPrimitiveType>(b: &mut PrimitiveBuilder<T>) -> ArrayRef {
-    let a = b.finish();
-    *b = PrimitiveBuilder::with_capacity(a.len()).with_data_type(a.data_type().clone());
-    Arc::new(a)
+/// A UTF-8 column: the bytes of every value, their end offsets and (lazily) a validity map.
+struct StrColumn {
+    values: Vec<u8>,
+    /// Always starts with 0.
+    offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
+}
+
+impl Default for StrColumn {
+    fn default() -> Self {
+        StrColumn {
+            values: Vec::new(),
+            offsets: vec![0],
+            nulls: NullBufferBuilder::new(0),
+        }
+    }
+}
+
+impl StrColumn {
+    fn end(&self) -> i32 {
+        // A flush holds at most `max_bytes` (32 MiB by default) of rows; arrow's builder
+        // panicked past i32 offsets in the same way.
+        i32::try_from(self.values.len()).expect("string column over 2 GiB in one batch")
+    }
+
+    fn append_value(&mut self, v: &str) {
+        self.values.extend_from_slice(v.as_bytes());
+        self.offsets.push(self.end());
+        self.nulls.append_non_null();
+    }
+
+    fn append_option(&mut self, v: Option<&str>) {
+        match v {
+            Some(v) => self.append_value(v),
+            None => {
+                self.offsets.push(self.end());
+                self.nulls.append_null();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.offsets.len() == 1
+    }
+}
+
+impl Column for StrColumn {
+    fn finish(&mut self) -> ArrayRef {
+        let values = Buffer::from_vec(std::mem::take(&mut self.values));
+        let offsets = ScalarBuffer::from(std::mem::replace(&mut self.offsets, vec![0]));
+        let nulls = self.nulls.finish();
+        // SAFETY: the offsets start at 0, never decrease and end at the values' length, and
+        // every value between two offsets was appended from a `&str` (valid UTF-8); arrow's
+        // `StringBuilder` skipped the same checks.
+        Arc::new(unsafe {
+            StringArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), values, nulls)
+        })
+    }
+
+    fn recycle(&mut self, array: ArrayRef) {
+        if !self.is_empty() {
+            return;
+        }
+        // The array's buffers, held only by this `StringArray` once `array` is dropped.
+        let owned = StringArray::from(array.to_data());
+        drop(array);
+        let rows = owned.len();
+        let (offsets, values, _) = owned.into_parts();
+        let bytes = values.len();
+        self.values = reuse(values, bytes);
+        self.offsets = reuse(offsets.into_inner().into_inner(), rows + 1);
+        self.offsets.push(0);
+    }
+}
+
+/// `buffer` as an empty `Vec` if it is ours alone, else a new one with room for `capacity`.
+fn reuse<T: arrow_buffer::ArrowNativeType>(buffer: Buffer, capacity: usize) -> Vec<T> {
+    match buffer.into_vec::<T>() {
+        Ok(mut v) => {
+            v.clear();
+            v
+        }
+        Err(_) => Vec::with_capacity(capacity),
+    }
+}
+
+/// A fixed-width column without nulls (times, partitions, offsets, values).
+struct ValueColumn<T: ArrowPrimitiveType> {
+    values: Vec<T::Native>,
+}
+
+impl<T: ArrowPrimitiveType> Default for ValueColumn<T> {
+    fn default() -> Self {
+        ValueColumn { values: Vec::new() }
+    }
+}
+
+impl<T: ArrowPrimitiveType> ValueColumn<T> {
+    fn append_value(&mut self, v: T::Native) {
+        self.values.push(v);
+    }
+}
+
+impl<T: ArrowPrimitiveType> Column for ValueColumn<T> {
+    fn finish(&mut self) -> ArrayRef {
+        let values = ScalarBuffer::from(std::mem::take(&mut self.values));
+        Arc::new(PrimitiveArray::<T>::new(values, None))
+    }
+
+    fn recycle(&mut self, array: ArrayRef) {
+        if !self.values.is_empty() {
+            return;
+        }
+        let owned = PrimitiveArray::<T>::from(array.to_data());
+        drop(array);
+        let rows = owned.len();
+        let (_, values, _) = owned.into_parts();
+        self.values = reuse(values.into_inner(), rows);
+    }
 }
 
 /// Append a JSON object of string pairs to `buf` (later keys win, as in a JSON parser).
@@ -225,37 +344,84 @@ fn write_json_str(buf: &mut String, s: &str) {
 
 #[derive(Default)]
 struct EventBuilders {
-    timestamp: TimestampMicrosecondBuilder,
-    entity_id: StringBuilder,
-    event_type: StringBuilder,
-    source: StringBuilder,
-    environment: StringBuilder,
-    message: StringBuilder,
-    tags: StringBuilder,
-    attributes: StringBuilder,
-    trace_id: StringBuilder,
-    id: StringBuilder,
-    created_at: TimestampMicrosecondBuilder,
+    timestamp: ValueColumn<TimestampMicrosecondType>,
+    entity_id: StrColumn,
+    event_type: StrColumn,
+    source: StrColumn,
+    environment: StrColumn,
+    message: StrColumn,
+    tags: StrColumn,
+    attributes: StrColumn,
+    trace_id: StrColumn,
+    id: StrColumn,
+    created_at: ValueColumn<TimestampMicrosecondType>,
     lineage: LineageBuilders,
     rows: usize,
 }
 
 #[derive(Default)]
 struct MetricBuilders {
-    metric_name: StringBuilder,
-    entity_id: StringBuilder,
-    timestamp: TimestampMicrosecondBuilder,
-    source: StringBuilder,
-    environment: StringBuilder,
-    metric_value: Float64Builder,
-    metric_type: StringBuilder,
-    unit: StringBuilder,
-    tags: StringBuilder,
-    metadata: StringBuilder,
-    created_at: TimestampMicrosecondBuilder,
-    id: StringBuilder,
+    metric_name: StrColumn,
+    entity_id: StrColumn,
+    timestamp: ValueColumn<TimestampMicrosecondType>,
+    source: StrColumn,
+    environment: StrColumn,
+    metric_value: ValueColumn<Float64Type>,
+    metric_type: StrColumn,
+    unit: StrColumn,
+    tags: StrColumn,
+    metadata: StrColumn,
+    created_at: ValueColumn<TimestampMicrosecondType>,
+    id: StrColumn,
     lineage: LineageBuilders,
     rows: usize,
+}
+
+impl EventBuilders {
+    /// The columns in the events schema's order.
+    fn columns(&mut self, lineage: bool) -> Vec<&mut dyn Column> {
+        let mut c: Vec<&mut dyn Column> = vec![
+            &mut self.timestamp,
+            &mut self.entity_id,
+            &mut self.event_type,
+            &mut self.source,
+            &mut self.environment,
+            &mut self.message,
+            &mut self.tags,
+            &mut self.attributes,
+            &mut self.trace_id,
+            &mut self.id,
+            &mut self.created_at,
+        ];
+        if lineage {
+            c.extend(self.lineage.columns());
+        }
+        c
+    }
+}
+
+impl MetricBuilders {
+    /// The columns in the metrics schema's order.
+    fn columns(&mut self, lineage: bool) -> Vec<&mut dyn Column> {
+        let mut c: Vec<&mut dyn Column> = vec![
+            &mut self.metric_name,
+            &mut self.entity_id,
+            &mut self.timestamp,
+            &mut self.source,
+            &mut self.environment,
+            &mut self.metric_value,
+            &mut self.metric_type,
+            &mut self.unit,
+            &mut self.tags,
+            &mut self.metadata,
+            &mut self.created_at,
+            &mut self.id,
+        ];
+        if lineage {
+            c.extend(self.lineage.columns());
+        }
+        c
+    }
 }
 
 /// Accumulates rows of both tables until a flush.
@@ -382,56 +548,46 @@ impl TableBatcher {
     /// Take the buffered rows as one `RecordBatch` per non-empty table and reset.
     pub fn finish(&mut self) -> Vec<(Table, RecordBatch)> {
         let mut out = Vec::with_capacity(2);
-        if self.events.rows > 0 {
-            let b = &mut self.events;
-            let mut cols: Vec<ArrayRef> = vec![
-                take_values(&mut b.timestamp),
-                take_strings(&mut b.entity_id),
-                take_strings(&mut b.event_type),
-                take_strings(&mut b.source),
-                take_strings(&mut b.environment),
-                take_strings(&mut b.message),
-                take_strings(&mut b.tags),
-                take_strings(&mut b.attributes),
-                take_strings(&mut b.trace_id),
-                take_strings(&mut b.id),
-                take_values(&mut b.created_at),
-            ];
-            if self.lineage {
-                b.lineage.finish(&mut cols);
+        for table in Table::ALL {
+            let rows = match table {
+                Table::Events => std::mem::take(&mut self.events.rows),
+                Table::Metrics => std::mem::take(&mut self.metrics.rows),
+            };
+            if rows == 0 {
+                continue;
             }
-            b.rows = 0;
-            let batch = RecordBatch::try_new(Table::Events.schema(self.lineage), cols)
-                .expect("builders match the events schema");
-            out.push((Table::Events, batch));
-        }
-        if self.metrics.rows > 0 {
-            let b = &mut self.metrics;
-            let mut cols: Vec<ArrayRef> = vec![
-                take_strings(&mut b.metric_name),
-                take_strings(&mut b.entity_id),
-                take_values(&mut b.timestamp),
-                take_strings(&mut b.source),
-                take_strings(&mut b.environment),
-                take_values(&mut b.metric_value),
-                take_strings(&mut b.metric_type),
-                take_strings(&mut b.unit),
-                take_strings(&mut b.tags),
-                take_strings(&mut b.metadata),
-                take_values(&mut b.created_at),
-                take_strings(&mut b.id),
-            ];
-            if self.lineage {
-                b.lineage.finish(&mut cols);
-            }
-            b.rows = 0;
-            let batch = RecordBatch::try_new(Table::Metrics.schema(self.lineage), cols)
-                .expect("builders match the metrics schema");
-            out.push((Table::Metrics, batch));
+            let columns = self.columns(table);
+            let cols = columns.into_iter().map(|c| c.finish()).collect();
+            let batch = RecordBatch::try_new(table.schema(self.lineage), cols)
+                .expect("columns match the table's schema");
+            out.push((table, batch));
         }
         self.bytes = 0;
         self.opened = None;
         out
+    }
+
+    fn columns(&mut self, table: Table) -> Vec<&mut dyn Column> {
+        match table {
+            Table::Events => self.events.columns(self.lineage),
+            Table::Metrics => self.metrics.columns(self.lineage),
+        }
+    }
+
+    /// Give back batches from [`TableBatcher::finish`] once the sink is done with them: the
+    /// next rows are written into their buffers (see [`Column`]). Columns that already hold
+    /// new rows, or whose buffers someone else still holds, are left as they are.
+    pub fn recycle(&mut self, batches: Vec<(Table, RecordBatch)>) {
+        for (table, batch) in batches {
+            let columns = self.columns(table);
+            let (_, arrays, _) = batch.into_parts();
+            if arrays.len() != columns.len() {
+                continue;
+            }
+            for (c, a) in columns.into_iter().zip(arrays) {
+                c.recycle(a);
+            }
+        }
     }
 }
 
@@ -546,6 +702,64 @@ mod tests {
         assert_eq!(out[1].1.column_by_name("unit").unwrap().null_count(), 1);
         assert_eq!((b.rows(), b.bytes(), b.opened()), (0, 0, None));
         assert!(b.finish().is_empty());
+    }
+
+    fn message_column(batch: &RecordBatch) -> &StringArray {
+        batch
+            .column_by_name("message")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+    }
+
+    fn with_message(message: &str, trace_id: Option<&str>) -> Row {
+        let Row::Event(mut e) = event(vec![("k", "v")]) else {
+            unreachable!()
+        };
+        e.message = message.into();
+        e.trace_id = trace_id.map(Into::into);
+        Row::Event(e)
+    }
+
+    #[test]
+    fn recycled_buffers_are_written_again_and_shared_ones_left_alone() {
+        let mut b = TableBatcher::new(true);
+        for i in 0..100 {
+            b.push(&with_message(&format!("first {i}"), Some("t")), &lin());
+        }
+        let first = b.finish();
+        let buffer = message_column(&first[0].1).value_data().as_ptr();
+        b.recycle(first);
+        b.push(&with_message("second", None), &lin());
+        b.push(&with_message("third", Some("x")), &lin());
+        let second = b.finish();
+        let batch = &second[0].1;
+        // The next batch is written into the same memory, and is read back intact.
+        assert_eq!(message_column(batch).value_data().as_ptr(), buffer);
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(message_column(batch).value(0), "second");
+        assert_eq!(message_column(batch).value(1), "third");
+        let trace = batch.column_by_name("trace_id").unwrap();
+        assert_eq!((trace.is_null(0), trace.is_null(1)), (true, false));
+        let offsets = batch.column_by_name("source_offset").unwrap();
+        assert_eq!(offsets.len(), 2);
+
+        // A batch someone still holds (a sink that kept it) keeps its buffers and values.
+        let kept = second[0].1.clone();
+        b.recycle(second);
+        b.push(&with_message("fourth", None), &lin());
+        let third = b.finish();
+        assert_ne!(message_column(&third[0].1).value_data().as_ptr(), buffer);
+        assert_eq!(message_column(&third[0].1).value(0), "fourth");
+        assert_eq!(message_column(&kept).value(0), "second");
+        assert_eq!(message_column(&kept).value(1), "third");
+
+        // Rows pushed before a late recycle are kept.
+        b.push(&with_message("fifth", None), &lin());
+        b.recycle(third);
+        let fourth = b.finish();
+        assert_eq!(message_column(&fourth[0].1).value(0), "fifth");
     }
 
     #[test]

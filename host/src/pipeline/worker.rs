@@ -373,6 +373,8 @@ impl Worker {
         }
         RunStats::add(&self.stats.flushes, 1);
         tracing::debug!(worker = self.id, pipeline = %spec.name, reason = reason.as_str(), rows, tables = ?batches.iter().map(|(t, _)| Table::name(*t)).collect::<Vec<_>>(), ms = started.elapsed().as_millis() as u64, "flushed");
+        // The sink is done with the batches: the next rows go into their buffers.
+        state.batcher.recycle(batches);
         Ok(())
     }
 
