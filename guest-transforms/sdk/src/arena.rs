@@ -11,6 +11,10 @@
 //!
 //! The price: nothing allocated inside a scope may be kept past the next batch (no caches in
 //! statics filled during `process`). The bundled transforms keep no such state.
+//!
+//! A message's own temporaries (a gunzipped payload and the request decoded from it) can go
+//! to [`scratch`], one chunk rewound per message, so they do not pile up in the arena until
+//! the batch ends.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
@@ -25,6 +29,9 @@ const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Larger allocations (decompression state and buffers, big vectors) go to talc even inside
 /// a scope: they are few, often per-message temporaries, and would bloat the arena.
 const MAX_ARENA_ALLOC: usize = 2048;
+/// The scratch chunk: one message's temporaries (a gunzipped payload, the request decoded
+/// from it) fit many times over; larger ones go to talc.
+const SCRATCH_CHUNK: usize = 256 * 1024;
 
 struct Arena {
     active: bool,
@@ -37,6 +44,14 @@ struct Arena {
     top: usize,
     /// Start of the most recent allocation (it can grow in place).
     last: usize,
+    /// Inside [`scratch`]: allocations come from the scratch chunk.
+    in_scratch: bool,
+    /// The scratch chunk (start, length), made on first use and kept.
+    scratch: (usize, usize),
+    /// Offset of the next free byte in the scratch chunk.
+    scratch_top: usize,
+    /// Start of the most recent scratch allocation (it can grow in place).
+    scratch_last: usize,
 }
 
 /// The allocator installed by the SDK's `talc` feature.
@@ -60,6 +75,10 @@ impl GuestAllocator {
                 cur: 0,
                 top: 0,
                 last: 0,
+                in_scratch: false,
+                scratch: (0, 0),
+                scratch_top: 0,
+                scratch_last: 0,
             }),
         }
     }
@@ -69,6 +88,36 @@ impl GuestAllocator {
         // SAFETY: single-threaded (see the Sync impl), and no caller holds the reference
         // across another call into the allocator.
         unsafe { &mut *self.arena.get() }
+    }
+
+    fn in_scratch(&self, ptr: *mut u8) -> bool {
+        let (start, len) = self.arena().scratch;
+        let p = ptr as usize;
+        p >= start && p < start + len
+    }
+
+    /// Bump `layout` out of the scratch chunk, or null when it does not fit.
+    fn bump_scratch(&self, layout: Layout) -> *mut u8 {
+        let a = self.arena();
+        if a.scratch.1 == 0 {
+            // SAFETY: a non-zero size and a valid alignment.
+            let chunk = unsafe {
+                self.talc
+                    .alloc(Layout::from_size_align_unchecked(SCRATCH_CHUNK, 16))
+            };
+            if chunk.is_null() {
+                return chunk;
+            }
+            a.scratch = (chunk as usize, SCRATCH_CHUNK);
+        }
+        let (start, len) = a.scratch;
+        let begin = (start + a.scratch_top + layout.align() - 1) & !(layout.align() - 1);
+        if begin + layout.size() > start + len {
+            return core::ptr::null_mut();
+        }
+        a.scratch_top = begin + layout.size() - start;
+        a.scratch_last = begin;
+        begin as *mut u8
     }
 
     fn in_arena(&self, ptr: *mut u8) -> bool {
@@ -121,20 +170,14 @@ impl GuestAllocator {
         }
     }
 
-    /// Rewind the arena (called between batches). The chunks the previous batch filled are
-    /// kept for the next one; chunks it did not reach are returned to talc, so one unusually
-    /// large batch does not hold its memory for good.
+    /// Rewind the arena (called between batches). Every chunk is kept for the next batch:
+    /// a wasm memory never shrinks, so handing chunks back to talc only let talc's own
+    /// allocations (the output columns) split the freed space, and the next large batch took
+    /// new memory for its chunks. With otel-metrics in the arena that grew its memory by
+    /// 5 MB after each small batch between large ones (the equivalence test); kept, no
+    /// bundled transform's high-water mark moved.
     fn reset(&self) {
         let a = self.arena();
-        let keep = (a.cur + 1).min(a.n);
-        for &(start, len) in &a.chunks[keep..a.n] {
-            // SAFETY: each chunk came from talc with this layout.
-            unsafe {
-                self.talc
-                    .dealloc(start as *mut u8, Layout::from_size_align_unchecked(len, 16))
-            };
-        }
-        a.n = keep;
         a.cur = 0;
         a.top = 0;
         a.last = 0;
@@ -149,6 +192,12 @@ impl Default for GuestAllocator {
 
 unsafe impl GlobalAlloc for GuestAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if self.arena().in_scratch {
+            let p = self.bump_scratch(layout);
+            if !p.is_null() {
+                return p;
+            }
+        }
         if self.arena().active && layout.size() <= MAX_ARENA_ALLOC {
             unsafe { self.bump(layout) }
         } else {
@@ -157,13 +206,24 @@ unsafe impl GlobalAlloc for GuestAllocator {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if !self.in_arena(ptr) {
+        if !self.in_scratch(ptr) && !self.in_arena(ptr) {
             unsafe { self.talc.dealloc(ptr, layout) }
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if !self.in_arena(ptr) {
+        if self.in_scratch(ptr) {
+            // The latest scratch allocation grows in place (a payload being inflated).
+            let a = self.arena();
+            let (start, len) = a.scratch;
+            if a.in_scratch
+                && ptr as usize == a.scratch_last
+                && a.scratch_last + new_size <= start + len
+            {
+                a.scratch_top = a.scratch_last + new_size - start;
+                return ptr;
+            }
+        } else if !self.in_arena(ptr) {
             if !self.arena().active {
                 return unsafe { self.talc.realloc(ptr, layout, new_size) };
             }
@@ -209,8 +269,35 @@ pub fn scoped<R>(f: impl FnOnce() -> R) -> R {
 /// Run `f` with arena allocation off, for state that must outlive the batch although it is
 /// created lazily during one (the gzip decompressor kept per thread).
 pub fn outside<R>(f: impl FnOnce() -> R) -> R {
-    let was = core::mem::replace(&mut ALLOCATOR.arena().active, false);
+    let a = ALLOCATOR.arena();
+    let was = (
+        core::mem::replace(&mut a.active, false),
+        core::mem::replace(&mut a.in_scratch, false),
+    );
     let out = f();
-    ALLOCATOR.arena().active = was;
+    let a = ALLOCATOR.arena();
+    (a.active, a.in_scratch) = was;
+    out
+}
+
+/// Run `f` with its allocations taken from a scratch chunk that the next `scratch` call
+/// rewinds: for one message's temporaries (a gunzipped payload, the request decoded from
+/// it), which then cost neither talc's bookkeeping nor room in the batch's arena.
+///
+/// What `f` returns may be read until the next `scratch` call, but nothing allocated inside
+/// may be kept beyond it: copy out (clone) whatever a row or an error keeps. Allocations
+/// made after `f` returns, even from its results, come from the usual places; a scratch
+/// vector grown after `f` returns moves out of the scratch chunk, as a `realloc` copies.
+/// A call inside another runs in the outer one's scratch (it does not rewind).
+pub fn scratch<R>(f: impl FnOnce() -> R) -> R {
+    let a = ALLOCATOR.arena();
+    if a.in_scratch {
+        return f();
+    }
+    a.scratch_top = 0;
+    a.scratch_last = 0;
+    a.in_scratch = true;
+    let out = f();
+    ALLOCATOR.arena().in_scratch = false;
     out
 }

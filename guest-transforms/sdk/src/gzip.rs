@@ -23,7 +23,7 @@ thread_local! {
     // leaks nothing between messages. Made on first use, usually inside a batch: allocated
     // outside the per-batch arena, since it outlives the batch.
     static DECOMPRESSOR: RefCell<Inflate> =
-        RefCell::new(crate::outside_arena(|| Inflate::new(false, WINDOW_BITS)));
+        RefCell::new(crate::arena::outside(|| Inflate::new(false, WINDOW_BITS)));
 }
 
 /// True when `bytes` start with the gzip magic number `1f 8b`.

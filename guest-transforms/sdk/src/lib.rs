@@ -48,6 +48,30 @@ pub mod abi;
 ))]
 pub mod arena;
 
+/// Without the SDK's allocator (natively, or with the `talc` feature off) there is no arena:
+/// each of these runs `f` as it is.
+#[cfg(not(all(
+    feature = "talc",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+)))]
+pub mod arena {
+    /// See the wasm build's `arena::scoped`.
+    pub fn scoped<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// See the wasm build's `arena::outside`.
+    pub fn outside<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// See the wasm build's `arena::scratch`.
+    pub fn scratch<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
 pub mod gzip;
 pub mod json;
 pub mod otlp;
@@ -237,35 +261,7 @@ pub fn process_each_scoped(
     batch: &[Message],
     f: impl FnMut(&Message, &mut Stats) -> Outcome,
 ) -> Vec<Outcome> {
-    #[cfg(all(
-        feature = "talc",
-        target_family = "wasm",
-        not(target_feature = "atomics")
-    ))]
-    return arena::scoped(|| process_each(batch, f));
-    #[cfg(not(all(
-        feature = "talc",
-        target_family = "wasm",
-        not(target_feature = "atomics")
-    )))]
-    process_each(batch, f)
-}
-
-/// Run `f` outside the per-batch arena (see [`process_each_scoped`]): what it allocates may
-/// be kept past the batch. Without the arena, it just runs `f`.
-pub(crate) fn outside_arena<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(all(
-        feature = "talc",
-        target_family = "wasm",
-        not(target_feature = "atomics")
-    ))]
-    return arena::outside(f);
-    #[cfg(not(all(
-        feature = "talc",
-        target_family = "wasm",
-        not(target_feature = "atomics")
-    )))]
-    f()
+    arena::scoped(|| process_each(batch, f))
 }
 
 /// Build a message for tests and benchmarks.
