@@ -394,11 +394,16 @@ pub fn raw_host_logs(msg: &Message, _stats: &mut Stats) -> Outcome {
 
 fn try_raw_host_logs(payload: &[u8]) -> Result<Outcome, String> {
     // The scanner reads valid requests; serde_json decides the rest (and words the error).
-    let scanned = std::str::from_utf8(payload).ok().and_then(logs_json::read);
-    let req = match scanned {
-        Some(req) => req,
-        None => parse_object(payload)?,
-    };
+    // The request's lists (it borrows its strings from the payload) are this message's
+    // temporaries: scratch memory, as in otel-metrics; rows copy what they keep.
+    let req = crate::arena::scratch(|| {
+        let scanned = std::str::from_utf8(payload).ok().and_then(logs_json::read);
+        match scanned {
+            Some(req) => Ok(req),
+            None => parse_object(payload),
+        }
+    })
+    .map_err(|e: String| e.as_str().to_owned())?;
     let mut rows = Vec::new();
     for rl in &req.resource_logs {
         let mut host = None;
