@@ -141,7 +141,8 @@ trait Column {
     /// The filled column as an array; the column starts empty.
     fn finish(&mut self) -> ArrayRef;
     /// Take back the buffers of `array` (this column's last [`Column::finish`]) if nothing
-    /// else holds them; otherwise reserve as much as it held.
+    /// else holds them; otherwise reserve as much as it held. Ignored if the column already
+    /// has new rows or `array` is of another type.
     fn recycle(&mut self, array: ArrayRef);
 }
 
@@ -205,7 +206,7 @@ impl Column for StrColumn {
     }
 
     fn recycle(&mut self, array: ArrayRef) {
-        if !self.is_empty() {
+        if !self.is_empty() || array.data_type() != &DataType::Utf8 {
             return;
         }
         // The array's buffers, held only by this `StringArray` once `array` is dropped.
@@ -255,7 +256,7 @@ impl<T: ArrowPrimitiveType> Column for ValueColumn<T> {
     }
 
     fn recycle(&mut self, array: ArrayRef) {
-        if !self.values.is_empty() {
+        if !self.values.is_empty() || array.data_type() != &T::DATA_TYPE {
             return;
         }
         let owned = PrimitiveArray::<T>::from(array.to_data());
@@ -754,6 +755,19 @@ mod tests {
         assert_eq!(message_column(&third[0].1).value(0), "fourth");
         assert_eq!(message_column(&kept).value(0), "second");
         assert_eq!(message_column(&kept).value(1), "third");
+
+        // A batch that did not come from this batcher (here: strings where the events table
+        // has times and offsets) is no panic; its columns are left alone.
+        let strings: ArrayRef = Arc::new(StringArray::from(vec!["x"]));
+        let numbers: ArrayRef = Arc::new(PrimitiveArray::<Int64Type>::from(vec![1]));
+        for column in [strings, numbers] {
+            let fields: Vec<Field> = (0..15)
+                .map(|i| Field::new(format!("c{i}"), column.data_type().clone(), false))
+                .collect();
+            let foreign =
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), vec![column; 15]).unwrap();
+            b.recycle(vec![(Table::Events, foreign)]);
+        }
 
         // Rows pushed before a late recycle are kept.
         b.push(&with_message("fifth", None), &lin());
