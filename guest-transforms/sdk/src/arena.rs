@@ -206,7 +206,8 @@ unsafe impl GlobalAlloc for GuestAllocator {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if !self.in_scratch(ptr) && !self.in_arena(ptr) {
+        // The arena first: it holds most frees (the host's post-return of every output string).
+        if !self.in_arena(ptr) && !self.in_scratch(ptr) {
             unsafe { self.talc.dealloc(ptr, layout) }
         }
     }
