@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::time::Duration;
-use vast_processor::batch::Table;
+use vast_processor::model::Table;
 use vast_processor_tests::*;
 
 const VP: &str = env!("CARGO_BIN_EXE_vp-test");
@@ -21,7 +21,7 @@ fn ten_kills_at_random_moments_lose_nothing() {
     std::fs::write(&wasm, vast_guest_artifacts::RAW_LOGS).unwrap();
     let versions = [
         vast_guest_artifacts::RAW_LOGS.to_vec(),
-        std::fs::read(vast_guest_artifacts::TEAM_ENRICH_PATH).unwrap(),
+        std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap(),
     ];
     let cfg = test_config(&broker, "e2e-chaos", &["raw-logs"], "")
         .replace(

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::time::Duration;
-use vast_processor::batch::Table;
+use vast_processor::model::Table;
 use vast_processor_tests::*;
 
 const VP: &str = env!("CARGO_BIN_EXE_vp-test");

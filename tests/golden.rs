@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use vast_processor::cli::transform_test::{self, Format, TestArgs};
-use vast_processor::wasm::TransformEngine;
+use vast_processor::cli::transform_test::{self, TestArgs};
+use vast_processor::source::file::Format;
+use vast_processor::transform::wasm::TransformEngine;
 
 /// Fixed processing time (2025-10-14T16:00:00Z) so rows without a timestamp are stable.
 const NOW: i64 = 1_760_457_600_000_000;
@@ -123,7 +124,7 @@ fn team_enrich_example() {
     golden(
         "team-enrich",
         "raw-logs",
-        Some(vast_guest_artifacts::TEAM_ENRICH_PATH),
+        Some(vast_test_guests::TEAM_ENRICH_PATH),
         Format::Jsonl,
         &["samples/raw-logs.jsonl"],
         "guest-transforms/examples/team-enrich/pipelines.toml",

@@ -7,13 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use vast_processor::batch::Table;
 use vast_processor::config::Config;
+use vast_processor::model::Message;
+use vast_processor::model::Table;
 use vast_processor::pipeline::{self, RunStats};
 use vast_processor::sink::parquet::ParquetSink;
 use vast_processor::sink::{Sink, SinkError};
 use vast_processor::source::kafka::{self, RunOptions};
-use vast_processor::wasm::{Message, MessageResult, TransformEngine, TransformInstance};
+use vast_processor::transform::wasm::{MessageResult, TransformEngine, TransformInstance};
 use vast_processor_tests::*;
 
 const VP: &str = env!("CARGO_BIN_EXE_vp-test");
@@ -42,7 +43,7 @@ fn expected(engine: &TransformEngine, produced: &[Produced]) -> Expected {
         by_topic.entry(&p.topic).or_default().push(p);
     }
     for (topic, recs) in by_topic {
-        let bytes = vast_processor::registry::bundled_bytes(topic).unwrap();
+        let bytes = vast_processor::transform::loader::bundled_bytes(topic).unwrap();
         let module = engine.load(topic, bytes).unwrap();
         let mut inst = TransformInstance::new(module.clone(), Default::default()).unwrap();
         let msgs: Vec<Message> = recs
@@ -61,7 +62,7 @@ fn expected(engine: &TransformEngine, produced: &[Produced]) -> Expected {
             match r {
                 MessageResult::Rows(rs) => {
                     for row in rs {
-                        let mut v = vast_processor::rows::to_json(&row);
+                        let mut v = vast_processor::model::to_json(&row);
                         let obj = v.as_object_mut().unwrap();
                         obj.insert("source_topic".into(), m.topic.clone().into());
                         obj.insert("source_partition".into(), m.partition.into());

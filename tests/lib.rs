@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use vast_processor::batch::Table;
+use vast_processor::model::Table;
 
 /// Scratch space under the target directory (logs, the compiled-transform cache).
 pub fn scratch() -> PathBuf {

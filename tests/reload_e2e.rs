@@ -104,13 +104,13 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
         Duration::from_millis(100),
     );
     wait_until(Duration::from_secs(30), "traffic", || {
-        rows(&data, vast_processor::batch::Table::Events).len() > 100
+        rows(&data, vast_processor::model::Table::Events).len() > 100
     });
 
-    let team = std::fs::read(vast_guest_artifacts::TEAM_ENRICH_PATH).unwrap();
-    let init_fails = std::fs::read(vast_guest_artifacts::INIT_FAILS_PATH).unwrap();
-    let traps = std::fs::read(vast_guest_artifacts::TRAPS_ALWAYS_PATH).unwrap();
-    let half = std::fs::read(vast_guest_artifacts::FAILS_HALF_PATH).unwrap();
+    let team = std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap();
+    let init_fails = std::fs::read(vast_test_guests::INIT_FAILS_PATH).unwrap();
+    let traps = std::fs::read(vast_test_guests::TRAPS_ALWAYS_PATH).unwrap();
+    let half = std::fs::read(vast_test_guests::FAILS_HALF_PATH).unwrap();
     let garbage = b"this is not a wasm component at all".to_vec();
     let other_world = b"\0asm\x0d\0\x01\0".to_vec();
     use Pattern::*;
@@ -211,7 +211,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
     // The pipeline never stopped: everything lands, then a clean stop.
     let want = produced.len();
     wait_until(Duration::from_secs(90), "every record to land", || {
-        let offs: HashSet<(i64, i64)> = rows(&data, vast_processor::batch::Table::Events)
+        let offs: HashSet<(i64, i64)> = rows(&data, vast_processor::model::Table::Events)
             .iter()
             .map(|r| {
                 (
@@ -230,7 +230,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
         p.log_text()
     );
 
-    let all = rows(&data, vast_processor::batch::Table::Events);
+    let all = rows(&data, vast_processor::model::Table::Events);
     let mut versions: HashMap<(i64, i64), HashSet<String>> = HashMap::new();
     let mut ids = HashSet::new();
     for r in &all {
@@ -272,7 +272,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
 
 /// The team each `pg-1` row got, in source-offset order (one partition).
 fn pg1_teams(data: &Path) -> Vec<(i64, String)> {
-    let mut out: Vec<(i64, String)> = rows(data, vast_processor::batch::Table::Events)
+    let mut out: Vec<(i64, String)> = rows(data, vast_processor::model::Table::Events)
         .iter()
         .filter(|r| r["entity_id"] == "pg-1")
         .map(|r| {
@@ -315,7 +315,7 @@ fn enrichment_and_config_edits_on_disk_are_swapped_under_load() {
     std::fs::create_dir(dir.path().join("transforms")).unwrap();
     std::fs::write(
         dir.path().join("transforms/team.wasm"),
-        std::fs::read(vast_guest_artifacts::TEAM_ENRICH_PATH).unwrap(),
+        std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap(),
     )
     .unwrap();
     let csv = |team: &str| format!("entity_id,team,owner\npg-1,{team},ann@example.com\n");
@@ -382,7 +382,7 @@ fn enrichment_and_config_edits_on_disk_are_swapped_under_load() {
 
     let produced = load.finish();
     wait_until(Duration::from_secs(60), "every record to land", || {
-        rows(&data, vast_processor::batch::Table::Events).len() >= produced.len()
+        rows(&data, vast_processor::model::Table::Events).len() >= produced.len()
     });
     p.signal(15);
     assert!(
@@ -390,7 +390,7 @@ fn enrichment_and_config_edits_on_disk_are_swapped_under_load() {
         "{}",
         p.log_text()
     );
-    let all = rows(&data, vast_processor::batch::Table::Events);
+    let all = rows(&data, vast_processor::model::Table::Events);
     let offsets: HashSet<i64> = all
         .iter()
         .map(|r| r["source_offset"].as_i64().unwrap())

@@ -4,9 +4,9 @@
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-use vast_processor::vast::sigv4::Credentials;
-use vast_processor::vast::sim::{Fault, FaultKind, SimOptions, Simulator};
+use vast_processor::sink::vast::sigv4::Credentials;
 use vast_processor_tests::*;
+use vast_sim::{Fault, FaultKind, SimOptions, Simulator};
 
 const VP: &str = env!("CARGO_BIN_EXE_vp-test");
 const SECRET: &str = "e2e-secret-do-not-print";
@@ -80,8 +80,8 @@ fn every_topic_lands_in_vast_exactly_as_in_parquet() {
     );
 
     for (table, t) in [
-        ("events", vast_processor::batch::Table::Events),
-        ("metrics", vast_processor::batch::Table::Metrics),
+        ("events", vast_processor::model::Table::Events),
+        ("metrics", vast_processor::model::Table::Metrics),
     ] {
         let in_vast = by_id(sim_rows(&sim, table));
         let in_parquet = by_id(rows(&data, t));

@@ -25,7 +25,7 @@ pub struct AdminState {
     pub sink: Arc<dyn Sink>,
     pub group: String,
     /// The pipelines' live transforms (for /transforms and the reload counters).
-    pub live: Vec<Arc<crate::reload::LiveTransform>>,
+    pub live: Vec<Arc<crate::transform::reload::LiveTransform>>,
 }
 
 fn transforms_json(state: &AdminState) -> String {

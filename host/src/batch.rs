@@ -1,8 +1,7 @@
 //! Rows to Arrow: per-table builders with exactly the schemas of the telemetry contract, plus
 //! the lineage columns, flushed into `RecordBatch`es.
 
-use crate::rows::{EventRef, MetricRef, RowRef, Tags};
-use crate::wasm::Row;
+use crate::model::{EventRef, MetricRef, Row, RowRef, Table, Tags};
 use arrow_array::types::{
     ArrowPrimitiveType, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
@@ -13,38 +12,18 @@ use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-/// The output tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Table {
-    Events,
-    Metrics,
-}
-
-impl Table {
-    /// Both tables.
-    pub const ALL: [Table; 2] = [Table::Events, Table::Metrics];
-
-    /// The table's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Events => "events",
-            Table::Metrics => "metrics",
-        }
-    }
-
-    /// The table's Arrow schema, with or without lineage columns.
-    pub fn schema(self, lineage: bool) -> SchemaRef {
-        static SCHEMAS: OnceLock<[SchemaRef; 4]> = OnceLock::new();
-        let s = SCHEMAS.get_or_init(|| {
-            [
-                build_schema(Table::Events, false),
-                build_schema(Table::Events, true),
-                build_schema(Table::Metrics, false),
-                build_schema(Table::Metrics, true),
-            ]
-        });
-        s[(self as usize) * 2 + lineage as usize].clone()
-    }
+/// A table's Arrow schema, with or without lineage columns (built once per process).
+pub fn schema(table: Table, lineage: bool) -> SchemaRef {
+    static SCHEMAS: OnceLock<[SchemaRef; 4]> = OnceLock::new();
+    let s = SCHEMAS.get_or_init(|| {
+        [
+            build_schema(Table::Events, false),
+            build_schema(Table::Events, true),
+            build_schema(Table::Metrics, false),
+            build_schema(Table::Metrics, true),
+        ]
+    });
+    s[(table as usize) * 2 + lineage as usize].clone()
 }
 
 fn ts() -> DataType {
@@ -109,10 +88,10 @@ pub struct Lineage<'a> {
 
 #[derive(Default)]
 struct LineageBuilders {
-    topic: StrColumn,
+    topic: Utf8Column,
     partition: ValueColumn<Int32Type>,
     offset: ValueColumn<Int64Type>,
-    version: StrColumn,
+    version: Utf8Column,
 }
 
 impl LineageBuilders {
@@ -147,16 +126,16 @@ trait Column {
 }
 
 /// A UTF-8 column: the bytes of every value, their end offsets and (lazily) a validity map.
-struct StrColumn {
+struct Utf8Column {
     values: Vec<u8>,
     /// Always starts with 0.
     offsets: Vec<i32>,
     nulls: NullBufferBuilder,
 }
 
-impl Default for StrColumn {
+impl Default for Utf8Column {
     fn default() -> Self {
-        StrColumn {
+        Utf8Column {
             values: Vec::new(),
             offsets: vec![0],
             nulls: NullBufferBuilder::new(0),
@@ -164,7 +143,7 @@ impl Default for StrColumn {
     }
 }
 
-impl StrColumn {
+impl Utf8Column {
     fn end(&self) -> i32 {
         // A flush holds at most `max_bytes` (32 MiB by default) of rows; arrow's builder
         // panicked past i32 offsets in the same way.
@@ -192,7 +171,7 @@ impl StrColumn {
     }
 }
 
-impl Column for StrColumn {
+impl Column for Utf8Column {
     fn finish(&mut self) -> ArrayRef {
         let values = Buffer::from_vec(std::mem::take(&mut self.values));
         let offsets = ScalarBuffer::from(std::mem::replace(&mut self.offsets, vec![0]));
@@ -346,15 +325,15 @@ fn write_json_str(buf: &mut String, s: &str) {
 #[derive(Default)]
 struct EventBuilders {
     timestamp: ValueColumn<TimestampMicrosecondType>,
-    entity_id: StrColumn,
-    event_type: StrColumn,
-    source: StrColumn,
-    environment: StrColumn,
-    message: StrColumn,
-    tags: StrColumn,
-    attributes: StrColumn,
-    trace_id: StrColumn,
-    id: StrColumn,
+    entity_id: Utf8Column,
+    event_type: Utf8Column,
+    source: Utf8Column,
+    environment: Utf8Column,
+    message: Utf8Column,
+    tags: Utf8Column,
+    attributes: Utf8Column,
+    trace_id: Utf8Column,
+    id: Utf8Column,
     created_at: ValueColumn<TimestampMicrosecondType>,
     lineage: LineageBuilders,
     rows: usize,
@@ -362,18 +341,18 @@ struct EventBuilders {
 
 #[derive(Default)]
 struct MetricBuilders {
-    metric_name: StrColumn,
-    entity_id: StrColumn,
+    metric_name: Utf8Column,
+    entity_id: Utf8Column,
     timestamp: ValueColumn<TimestampMicrosecondType>,
-    source: StrColumn,
-    environment: StrColumn,
+    source: Utf8Column,
+    environment: Utf8Column,
     metric_value: ValueColumn<Float64Type>,
-    metric_type: StrColumn,
-    unit: StrColumn,
-    tags: StrColumn,
-    metadata: StrColumn,
+    metric_type: Utf8Column,
+    unit: Utf8Column,
+    tags: Utf8Column,
+    metadata: Utf8Column,
     created_at: ValueColumn<TimestampMicrosecondType>,
-    id: StrColumn,
+    id: Utf8Column,
     lineage: LineageBuilders,
     rows: usize,
 }
@@ -524,8 +503,7 @@ impl TableBatcher {
         b.source.append_value(m.source);
         b.environment.append_value(m.environment);
         b.metric_value.append_value(m.metric_value);
-        b.metric_type
-            .append_value(crate::rows::metric_type(m.metric_type));
+        b.metric_type.append_value(m.metric_type.as_str());
         b.unit.append_option(m.unit);
         self.scratch.clear();
         write_tags(&mut self.scratch, &m.tags);
@@ -559,7 +537,7 @@ impl TableBatcher {
             }
             let columns = self.columns(table);
             let cols = columns.into_iter().map(|c| c.finish()).collect();
-            let batch = RecordBatch::try_new(table.schema(self.lineage), cols)
+            let batch = RecordBatch::try_new(schema(table, self.lineage), cols)
                 .expect("columns match the table's schema");
             out.push((table, batch));
         }
@@ -595,7 +573,7 @@ impl TableBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wasm::{Event, Metric, MetricType};
+    use crate::model::{Event, Metric, MetricType};
     use arrow_array::{Array, StringArray};
 
     fn event(tags: Vec<(&str, &str)>) -> Row {
@@ -628,8 +606,7 @@ mod tests {
 
     #[test]
     fn schemas_follow_the_contract() {
-        let names: Vec<String> = Table::Events
-            .schema(false)
+        let names: Vec<String> = schema(Table::Events, false)
             .fields()
             .iter()
             .map(|f| f.name().clone())
@@ -650,7 +627,7 @@ mod tests {
                 "created_at"
             ]
         );
-        let m = Table::Metrics.schema(true);
+        let m = schema(Table::Metrics, true);
         assert_eq!(m.fields().len(), 16);
         assert!(m.field_with_name("unit").unwrap().is_nullable());
         assert!(!m.field_with_name("metric_value").unwrap().is_nullable());

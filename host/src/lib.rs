@@ -1,29 +1,24 @@
 //! vast-processor: Kafka telemetry → sandboxed WebAssembly transforms → Arrow → VAST
-//! Database (or Parquet).
-//!
-//! Stages, each with a small boundary type so tests can feed any of them from memory:
-//! - [`wasm`]: the transform runtime (`Message` in, [`wasm::MessageResult`] out);
-//! - [`rows`]: host-assigned columns and row rendering;
-//! - [`batch`]: rows to Arrow `RecordBatch`es; [`sink`]: where batches go (Parquet);
-//! - [`source`]: Kafka consumer group and file replay; [`pipeline`]: the workers between
-//!   them, and the delivered-offset tracking; [`deadletter`]: rejected records;
-//! - [`config`], [`enrichment`], [`registry`]: what runs where; [`generate`]: sample data;
-//! - [`cli`]: the commands.
+//! Database (or Parquet). The flow, one way, and the module that owns each step:
+//! - [`source`]: the Kafka consumer group and file replay read records as [`model::Message`]s
+//!   and push them into the runtime;
+//! - [`pipeline`]: the runtime: worker pool, batching hand-off, delivered offsets, and the
+//!   [`pipeline::Committer`] that commits them (Kafka's; file replay commits nothing);
+//! - [`transform`]: each pipeline's wasm component turns a batch into rows ([`model::Row`]),
+//!   with its loader, hot reload and enrichment tables;
+//! - [`batch`]: rows into Arrow `RecordBatch`es; [`sink`]: Parquet, VAST, dead letters;
+//! - [`model`]: the host's own records, rows and tables (the ground floor, imports nothing);
+//! - [`config`]: `pipelines.toml` as serde types; [`admin`], [`metrics`]: health and
+//!   Prometheus; [`generate`]: sample telemetry; [`cli`]: the commands (nothing imports it).
 
 pub mod admin;
 pub mod batch;
-pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod deadletter;
-pub mod enrichment;
 pub mod generate;
 pub mod metrics;
+pub mod model;
 pub mod pipeline;
-pub mod registry;
-pub mod reload;
-pub mod rows;
 pub mod sink;
 pub mod source;
-pub mod vast;
-pub mod wasm;
+pub mod transform;

@@ -248,7 +248,7 @@ fn a_wasm_path_overrides_the_configured_transform() {
         "--topic",
         "raw-logs",
         "--transform",
-        vast_guest_artifacts::HOSTILE_PATH,
+        vast_test_guests::HOSTILE_PATH,
         "--input",
         "samples/raw-logs.jsonl",
     ]);
@@ -275,7 +275,7 @@ fn replay_writes_the_same_rows_as_transform_test_and_dead_letters_to_files() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows =
-        vast_processor::cli::commands::table_rows(&data, vast_processor::batch::Table::Events)
+        vast_processor::cli::commands::table_rows(&data, vast_processor::model::Table::Events)
             .unwrap();
     // samples/raw-logs.jsonl: 6 valid records and one that is not JSON.
     assert_eq!(rows.len(), 6);
@@ -303,7 +303,7 @@ fn replay_writes_the_same_rows_as_transform_test_and_dead_letters_to_files() {
                 .starts_with("raw-logs@")
         );
     }
-    let dead = vast_processor::deadletter::read_dead_letter_files(&data);
+    let dead = vast_processor::sink::deadletter::read_dead_letter_files(&data);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["source_offset"], 6);
     assert!(

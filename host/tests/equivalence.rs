@@ -4,10 +4,10 @@
 //! rewound, instances reused across batches) must not change a single field.
 
 use std::path::PathBuf;
-use vast_processor::rows::RowRef;
-use vast_processor::wasm::{
-    Event, InstanceSettings, MessageResult, Metric, MetricType, Row, TransformEngine,
-    TransformInstance,
+use vast_processor::model::RowRef;
+use vast_processor::model::{Event, Metric, MetricType, Row};
+use vast_processor::transform::wasm::{
+    InstanceSettings, MessageResult, TransformEngine, TransformInstance,
 };
 use vast_transform_sdk as sdk;
 
@@ -56,11 +56,11 @@ fn bundled_components_match_their_native_logic_over_many_batches() {
     ))
     .unwrap();
     for topic in sdk::transforms::BUNDLED {
-        let bytes = vast_processor::registry::bundled_bytes(topic).unwrap();
+        let bytes = vast_processor::transform::loader::bundled_bytes(topic).unwrap();
         let module = engine.load(topic, bytes).unwrap();
         let mut inst = TransformInstance::new(module, InstanceSettings::default()).unwrap();
         let native = sdk::transforms::by_name(topic).unwrap();
-        let mut msgs = vast_processor::bench::messages(topic, 6000);
+        let mut msgs = vast_processor::generate::messages(topic, 6000);
         // Damaged records between good ones: their errors must come out whole, whatever the
         // next message does with the guest's memory (otel-metrics decodes in scratch memory
         // that the next message rewinds).
@@ -96,10 +96,10 @@ fn bundled_components_match_their_native_logic_over_many_batches() {
                             .map(|(i, r)| {
                                 let r = RowRef::from(r);
                                 r.check().unwrap();
-                                vast_processor::rows::to_json(&r.to_row(m, i, NOW))
+                                vast_processor::model::to_json(&r.to_row(m, i, NOW))
                             })
                             .collect();
-                        let got: Vec<_> = got.iter().map(vast_processor::rows::to_json).collect();
+                        let got: Vec<_> = got.iter().map(vast_processor::model::to_json).collect();
                         assert_eq!(want, got, "{}", ctx());
                     }
                     (sdk::Outcome::Skip(a), MessageResult::Skip(b)) => {
@@ -131,10 +131,10 @@ fn large_batches_reuse_the_guest_arena() {
     let mut settings = InstanceSettings::default();
     settings.limits.memory_mib = 256;
     for topic in sdk::transforms::BUNDLED {
-        let bytes = vast_processor::registry::bundled_bytes(topic).unwrap();
+        let bytes = vast_processor::transform::loader::bundled_bytes(topic).unwrap();
         let module = engine.load(topic, bytes).unwrap();
         let mut inst = TransformInstance::new(module, settings.clone()).unwrap();
-        let msgs = vast_processor::bench::messages(topic, 10_000);
+        let msgs = vast_processor::generate::messages(topic, 10_000);
         let (all, few) = (&msgs[..], &msgs[..10]);
         let batches = [all, few, all, all, few, all, all, all];
         let mut plateau = 0;
@@ -185,25 +185,27 @@ fn borrowed_rows_build_the_same_arrow_as_owned_rows() {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasm-cache"),
     ))
     .unwrap();
-    let mut cases: Vec<(String, Vec<u8>, Vec<vast_processor::wasm::Message>)> =
+    let mut cases: Vec<(String, Vec<u8>, Vec<vast_processor::model::Message>)> =
         sdk::transforms::BUNDLED
             .iter()
             .map(|t| {
-                let bytes = vast_processor::registry::bundled_bytes(t).unwrap().to_vec();
+                let bytes = vast_processor::transform::loader::bundled_bytes(t)
+                    .unwrap()
+                    .to_vec();
                 (
                     t.to_string(),
                     bytes,
-                    vast_processor::bench::messages(t, 2500),
+                    vast_processor::generate::messages(t, 2500),
                 )
             })
             .collect();
-    let mut legacy = vast_processor::bench::messages("raw-logs", 4);
+    let mut legacy = vast_processor::generate::messages("raw-logs", 4);
     for (m, p) in legacy.iter_mut().zip(["hello", "skip", "metric x", "fail"]) {
         m.payload = p.as_bytes().to_vec();
     }
     cases.push((
         "legacy".into(),
-        std::fs::read(vast_guest_artifacts::LEGACY_V0_1_PATH).unwrap(),
+        std::fs::read(vast_test_guests::LEGACY_V0_1_PATH).unwrap(),
         legacy,
     ));
     for (name, bytes, msgs) in cases {

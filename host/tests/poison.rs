@@ -44,7 +44,7 @@ fn replay_ok(topic: &str, inputs: &Path, data: &Path) -> Vec<(i64, String)> {
 }
 
 fn dead(data: &Path) -> Vec<(i64, String)> {
-    let mut v: Vec<(i64, String)> = vast_processor::deadletter::read_dead_letter_files(data)
+    let mut v: Vec<(i64, String)> = vast_processor::sink::deadletter::read_dead_letter_files(data)
         .iter()
         .map(|l| {
             (
@@ -57,7 +57,7 @@ fn dead(data: &Path) -> Vec<(i64, String)> {
     v
 }
 
-fn rows(data: &Path, table: vast_processor::batch::Table) -> Vec<serde_json::Value> {
+fn rows(data: &Path, table: vast_processor::model::Table) -> Vec<serde_json::Value> {
     vast_processor::cli::commands::table_rows(data, table).unwrap()
 }
 
@@ -90,7 +90,7 @@ fn hostile_json_records_are_processed_or_dead_lettered() {
     let data = dir.path().join("data");
     let dead = replay_ok("raw-logs", &inp, &data);
     let offsets: Vec<i64> = dead.iter().map(|(o, _)| *o).collect();
-    let events = rows(&data, vast_processor::batch::Table::Events);
+    let events = rows(&data, vast_processor::model::Table::Events);
     let kept: Vec<i64> = events
         .iter()
         .map(|r| r["source_offset"].as_i64().unwrap())
@@ -166,7 +166,7 @@ fn hostile_protobuf_records_are_processed_or_dead_lettered() {
     let offsets: Vec<i64> = dead.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, [0, 1, 4], "{dead:?}");
     assert!(dead[0].1.contains("refused"), "{dead:?}");
-    let metrics = rows(&data, vast_processor::batch::Table::Metrics);
+    let metrics = rows(&data, vast_processor::model::Table::Metrics);
     assert!(metrics.iter().all(|r| r["source_offset"] == 3));
     assert_eq!(metrics.len(), 2);
 }

@@ -2,8 +2,10 @@
 //! rate jumps after a swap, and the ban that keeps it out until its file changes.
 
 use std::sync::Arc;
-use vast_processor::reload::{LiveTransform, ReloadConfig};
-use vast_processor::wasm::{InstanceSettings, Message, TransformEngine, TransformInstance};
+use vast_processor::config::ReloadConfig;
+use vast_processor::model::Message;
+use vast_processor::transform::reload::LiveTransform;
+use vast_processor::transform::wasm::{InstanceSettings, TransformEngine, TransformInstance};
 
 fn msgs(from: i64, n: i64) -> Vec<Message> {
     let line = br#"{"host": "pg-1", "payload": {"event_type": "vacuum"}}"#;
@@ -26,13 +28,13 @@ fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
     let good = engine
         .load(
             "raw-logs",
-            vast_processor::registry::bundled_bytes("raw-logs").unwrap(),
+            vast_processor::transform::loader::bundled_bytes("raw-logs").unwrap(),
         )
         .unwrap();
     let bad = engine
         .load(
             "raw-logs",
-            &std::fs::read(vast_guest_artifacts::FAILS_HALF_PATH).unwrap(),
+            &std::fs::read(vast_test_guests::FAILS_HALF_PATH).unwrap(),
         )
         .unwrap();
     // No shadow sample yet (nothing processed): only the probation can catch it.
@@ -86,7 +88,7 @@ fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
     let team = engine
         .load(
             "raw-logs",
-            &std::fs::read(vast_guest_artifacts::TEAM_ENRICH_PATH).unwrap(),
+            &std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap(),
         )
         .unwrap();
     live.try_swap(team.clone(), InstanceSettings::default())
@@ -103,10 +105,10 @@ fn team_tag(live: &LiveTransform) -> Option<String> {
     let v = live.current();
     let mut inst = TransformInstance::new(v.module.clone(), v.settings.clone()).unwrap();
     let out = inst.process(&msgs(0, 1), 0);
-    let vast_processor::wasm::MessageResult::Rows(rows) = &out[0] else {
+    let vast_processor::transform::wasm::MessageResult::Rows(rows) = &out[0] else {
         panic!("{out:?}")
     };
-    let vast_processor::wasm::Row::Event(e) = &rows[0] else {
+    let vast_processor::model::Row::Event(e) = &rows[0] else {
         panic!()
     };
     e.tags
@@ -119,7 +121,7 @@ fn team_tag(live: &LiveTransform) -> Option<String> {
 fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::copy(vast_guest_artifacts::TEAM_ENRICH_PATH, d.join("team.wasm")).unwrap();
+    std::fs::copy(vast_test_guests::TEAM_ENRICH_PATH, d.join("team.wasm")).unwrap();
     std::fs::write(d.join("teams.csv"), "entity_id,team\npg-1,dba\n").unwrap();
     std::fs::write(d.join("teams2.csv"), "entity_id,team\npg-1,platform\n").unwrap();
     let base = "[[pipelines]]\ntopic = \"raw-logs\"\ntransform = \"team.wasm\"\nconfig = { table = \"teams\" }\n[pipelines.enrichment.teams]\npath = \"teams.csv\"\n";
@@ -134,7 +136,8 @@ fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
 
     // An enrichment table edited in place: reloaded and swapped.
     std::fs::write(d.join("teams.csv"), "entity_id,team\npg-1,storage\n").unwrap();
-    vast_processor::reload::swap_pipeline(&live, &config.pipelines[0], &config, &engine).unwrap();
+    vast_processor::transform::reload::swap_pipeline(&live, &config.pipelines[0], &config, &engine)
+        .unwrap();
     assert_eq!(team_tag(&live).as_deref(), Some("storage"));
     let generation = live.generation();
 
@@ -142,8 +145,13 @@ fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
     let changed = base.replace("table = \"teams\"", "table = \"teams2\"")
         + "[pipelines.enrichment.teams2]\npath = \"teams2.csv\"\n";
     std::fs::write(&cfg_path, &changed).unwrap();
-    let done = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
-        .unwrap();
+    let done = vast_processor::transform::reload::apply_config_change(
+        &mut config,
+        &cfg_path,
+        &engine,
+        &lives,
+    )
+    .unwrap();
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(team_tag(&live).as_deref(), Some("platform"));
     assert!(live.generation() > generation);
@@ -151,8 +159,13 @@ fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
     // A config key the transform refuses: rejected, the running version stays.
     let bad = changed.replace("table = \"teams2\"", "table = \"teams2\", colour = \"red\"");
     std::fs::write(&cfg_path, &bad).unwrap();
-    let done = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
-        .unwrap();
+    let done = vast_processor::transform::reload::apply_config_change(
+        &mut config,
+        &cfg_path,
+        &engine,
+        &lives,
+    )
+    .unwrap();
     assert!(
         done[0].contains("rejected") && done[0].contains("colour"),
         "{done:?}"
@@ -165,13 +178,23 @@ fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
         format!("[kafka]\nbootstrap_servers = \"elsewhere:9092\"\n{changed}"),
     )
     .unwrap();
-    let err = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
-        .unwrap_err();
+    let err = vast_processor::transform::reload::apply_config_change(
+        &mut config,
+        &cfg_path,
+        &engine,
+        &lives,
+    )
+    .unwrap_err();
     assert!(err.contains("needs a restart ([kafka] changed)"), "{err}");
     // An invalid file is refused too.
     std::fs::write(&cfg_path, format!("{changed}\nbogus = 1\n")).unwrap();
-    let err = vast_processor::reload::apply_config_change(&mut config, &cfg_path, &engine, &lives)
-        .unwrap_err();
+    let err = vast_processor::transform::reload::apply_config_change(
+        &mut config,
+        &cfg_path,
+        &engine,
+        &lives,
+    )
+    .unwrap_err();
     assert!(
         err.contains("config change rejected") && err.contains("bogus"),
         "{err}"

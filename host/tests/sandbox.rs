@@ -5,10 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use vast_processor::enrichment::{Enrichment, TableSpec};
-use vast_processor::wasm::{
-    InstanceSettings, Limits, Message, MessageResult, Row, TransformEngine, TransformError,
-    TransformInstance, TransformModule,
+use vast_processor::config::Limits;
+use vast_processor::config::TableSpec;
+use vast_processor::model::{Message, Row};
+use vast_processor::transform::enrichment::Enrichment;
+use vast_processor::transform::wasm::{
+    ErrorKind, InstanceSettings, MessageResult, TransformEngine, TransformError, TransformInstance,
+    TransformModule,
 };
 
 fn engine() -> &'static TransformEngine {
@@ -22,7 +25,7 @@ fn engine() -> &'static TransformEngine {
 }
 
 fn hostile() -> Arc<TransformModule> {
-    let bytes = std::fs::read(vast_guest_artifacts::HOSTILE_PATH).unwrap();
+    let bytes = std::fs::read(vast_test_guests::HOSTILE_PATH).unwrap();
     engine().load("hostile", &bytes).unwrap()
 }
 
@@ -86,8 +89,8 @@ fn infinite_loop_hits_the_deadline() {
     assert!(
         matches!(
             err,
-            TransformError::Deadline {
-                deadline_ms: 300,
+            TransformError {
+                kind: ErrorKind::Deadline { deadline_ms: 300 },
                 ..
             }
         ),
@@ -101,9 +104,11 @@ fn infinite_loop_hits_the_deadline() {
 fn allocating_a_gibibyte_hits_the_memory_cap() {
     let mut inst = instance(Limits::default());
     let out = inst.process(&msgs(&["alloc"]), 0);
-    let MessageResult::Error(TransformError::Memory {
-        limit_mib,
-        asked_mib,
+    let MessageResult::Error(TransformError {
+        kind: ErrorKind::Memory {
+            limit_mib,
+            asked_mib,
+        },
         ..
     }) = &out[0]
     else {
@@ -121,7 +126,10 @@ fn deep_recursion_overflows_the_stack_cleanly() {
     assert!(
         matches!(
             &out[0],
-            MessageResult::Error(TransformError::StackOverflow { .. })
+            MessageResult::Error(TransformError {
+                kind: ErrorKind::StackOverflow,
+                ..
+            })
         ),
         "{out:?}"
     );
@@ -132,7 +140,11 @@ fn deep_recursion_overflows_the_stack_cleanly() {
 fn a_panic_traps_with_its_message() {
     let mut inst = instance(fast_limits());
     let out = inst.process(&msgs(&["panic"]), 0);
-    let MessageResult::Error(TransformError::Trap { reason, .. }) = &out[0] else {
+    let MessageResult::Error(TransformError {
+        kind: ErrorKind::Trap(reason),
+        ..
+    }) = &out[0]
+    else {
         panic!("{out:?}")
     };
     assert!(
@@ -165,14 +177,23 @@ fn poison_message_fails_alone() {
     assert_eq!(texts[3].as_deref(), Some("c"));
     assert_eq!(texts[5].as_deref(), Some("d"));
     assert!(
-        matches!(&out[2], MessageResult::Error(TransformError::Trap { .. })),
+        matches!(
+            &out[2],
+            MessageResult::Error(TransformError {
+                kind: ErrorKind::Trap(_),
+                ..
+            })
+        ),
         "{:?}",
         out[2]
     );
     assert!(
         matches!(
             &out[4],
-            MessageResult::Error(TransformError::Deadline { .. })
+            MessageResult::Error(TransformError {
+                kind: ErrorKind::Deadline { .. },
+                ..
+            })
         ),
         "{:?}",
         out[4]
@@ -186,7 +207,7 @@ fn poison_message_fails_alone() {
     };
     assert_eq!(
         e.id.as_deref(),
-        Some(vast_processor::rows::row_id("t", 0, 3, 0).as_str())
+        Some(vast_processor::model::row_id("t", 0, 3, 0).as_str())
     );
     assert!(inst.stats().traps >= 3, "{:?}", inst.stats());
 }
@@ -199,7 +220,10 @@ fn wrong_outcome_count_is_isolated_per_message() {
     assert!(
         matches!(
             &out[1],
-            MessageResult::Error(TransformError::Contract { .. })
+            MessageResult::Error(TransformError {
+                kind: ErrorKind::Contract(_),
+                ..
+            })
         ),
         "{:?}",
         out[1]
@@ -215,7 +239,11 @@ fn too_many_rows_for_one_message_is_an_error() {
     });
     let out = inst.process(&msgs(&["rows:100", "rows:101"]), 0);
     assert!(matches!(&out[0], MessageResult::Rows(r) if r.len() == 100));
-    let MessageResult::Error(TransformError::Contract { reason, .. }) = &out[1] else {
+    let MessageResult::Error(TransformError {
+        kind: ErrorKind::Contract(reason),
+        ..
+    }) = &out[1]
+    else {
         panic!("{:?}", out[1])
     };
     assert!(
@@ -281,11 +309,11 @@ fn init_errors_reject_the_module() {
         .err()
         .expect("init must fail");
     assert!(
-        matches!(&err, TransformError::InitRejected { reason, .. } if reason.contains("fail_init=true")),
+        matches!(&err, TransformError { kind: ErrorKind::InitRejected(reason), .. } if reason.contains("fail_init=true")),
         "{err}"
     );
     // The bundled transforms refuse config keys they do not know.
-    let bytes = vast_processor::registry::bundled_bytes("raw-logs").unwrap();
+    let bytes = vast_processor::transform::loader::bundled_bytes("raw-logs").unwrap();
     let m = engine().load("raw-logs", bytes).unwrap();
     let settings = InstanceSettings {
         config: vec![("colour".into(), "red".into())],
@@ -301,21 +329,48 @@ fn init_errors_reject_the_module() {
 #[test]
 fn invalid_files_and_wrong_worlds_are_rejected() {
     let err = engine().load("junk", b"definitely not wasm").err().unwrap();
-    assert!(matches!(err, TransformError::Compile { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TransformError {
+                kind: ErrorKind::Compile(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("magic bytes"), "{err}");
     // A core module (not a component).
     let err = engine().load("core", b"\0asm\x01\0\0\0").err().unwrap();
-    assert!(matches!(err, TransformError::Compile { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TransformError {
+                kind: ErrorKind::Compile(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A valid, empty component: it exports nothing of the transform world.
     let err = engine().load("empty", b"\0asm\x0d\0\x01\0").err().unwrap();
-    assert!(matches!(err, TransformError::WrongWorld { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TransformError {
+                kind: ErrorKind::WrongWorld(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let engine = TransformEngine::new(Some(dir.path().to_path_buf())).unwrap();
-    let bytes = std::fs::read(vast_guest_artifacts::HOSTILE_PATH).unwrap();
+    let bytes = std::fs::read(vast_test_guests::HOSTILE_PATH).unwrap();
     let first = engine.load("hostile", &bytes).unwrap();
     let entries: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -345,7 +400,11 @@ fn sleeping_traps_at_once_instead_of_holding_the_worker() {
     // A WASI sleep blocks in a host call the epoch deadline cannot interrupt; it is refused.
     let mut inst = instance(fast_limits());
     let out = inst.process(&msgs(&["sleep"]), 0);
-    let MessageResult::Error(TransformError::Trap { reason, .. }) = &out[0] else {
+    let MessageResult::Error(TransformError {
+        kind: ErrorKind::Trap(reason),
+        ..
+    }) = &out[0]
+    else {
         panic!("{out:?}")
     };
     // The trap comes from the timer subscription itself, before any waiting.
@@ -358,7 +417,7 @@ fn sleeping_traps_at_once_instead_of_holding_the_worker() {
 /// completion of rows, and the 0.1.0 host imports.
 #[test]
 fn components_built_against_0_1_0_still_run() {
-    let bytes = std::fs::read(vast_guest_artifacts::LEGACY_V0_1_PATH).unwrap();
+    let bytes = std::fs::read(vast_test_guests::LEGACY_V0_1_PATH).unwrap();
     let module = engine().load("legacy", &bytes).unwrap();
     let mut inst = TransformInstance::new(module, InstanceSettings::default()).unwrap();
     let mut batch = msgs(&["hello", "skip", "fail", "metric x"]);

@@ -4,13 +4,14 @@ use arrow_array::{Array, RecordBatch, StringArray};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
-use vast_processor::batch::{Lineage, Table, TableBatcher};
+use vast_processor::batch::{Lineage, TableBatcher, schema};
+use vast_processor::model::Table;
+use vast_processor::model::{Event, Row};
+use vast_processor::sink::Sink;
 use vast_processor::sink::vast::VastSink;
-use vast_processor::sink::{Sink, SinkError};
-use vast_processor::vast::client::{VastClient, VastConfig, VastError};
-use vast_processor::vast::sigv4::Credentials;
-use vast_processor::vast::sim::{Fault, FaultKind, SimOptions, Simulator};
-use vast_processor::wasm::{Event, Row};
+use vast_processor::sink::vast::client::{VastClient, VastConfig, VastError};
+use vast_processor::sink::vast::sigv4::Credentials;
+use vast_sim::{Fault, FaultKind, SimOptions, Simulator};
 
 const SECRET: &str = "s3cr3t-value-never-logged";
 
@@ -101,7 +102,7 @@ fn bootstrap_creates_schema_and_sorted_tables_and_rows_appear_only_at_commit() {
     let sim = sim();
     let sink = bootstrapped(&sim);
     let (events_schema, sorted) = sim.table("vastdb", "observability", "events").unwrap();
-    assert_eq!(events_schema, *Table::Events.schema(true));
+    assert_eq!(events_schema, *schema(Table::Events, true));
     assert_eq!(sorted, vec![1, 0, 2], "entity_id, timestamp, event_type");
     assert_eq!(
         sim.table("vastdb", "observability", "metrics").unwrap().1,
@@ -115,7 +116,7 @@ fn bootstrap_creates_schema_and_sorted_tables_and_rows_appear_only_at_commit() {
     let layout = client
         .list_columns(tx, "vastdb", "observability", "events")
         .unwrap();
-    let batch = vast_processor::vast::client::conform(batch, &layout, "events").unwrap();
+    let batch = vast_processor::sink::vast::client::conform(batch, &layout, "events").unwrap();
     client
         .insert(tx, "vastdb", "observability", "events", &batch)
         .unwrap();
@@ -248,8 +249,7 @@ fn a_table_missing_columns_gets_them_and_inserts_succeed() {
     // An older table, created without the lineage columns (and with nullable columns, as
     // pyarrow would).
     let old = arrow_schema::Schema::new(
-        Table::Events
-            .schema(false)
+        schema(Table::Events, false)
             .fields()
             .iter()
             .map(|f| f.as_ref().clone().with_nullable(true))
@@ -277,8 +277,7 @@ fn a_table_missing_columns_gets_them_and_inserts_succeed() {
 #[test]
 fn a_column_of_another_type_is_a_fatal_schema_mismatch() {
     let sim = sim();
-    let mut fields: Vec<arrow_schema::Field> = Table::Events
-        .schema(true)
+    let mut fields: Vec<arrow_schema::Field> = schema(Table::Events, true)
         .fields()
         .iter()
         .map(|f| f.as_ref().clone())
@@ -293,7 +292,7 @@ fn a_column_of_another_type_is_a_fatal_schema_mismatch() {
     let sink = connect(&sim);
     let err = sink.write(&events(&["z"])).unwrap_err();
     assert!(
-        matches!(&err, SinkError::Fatal { message, .. } if message.contains("column `message`")),
+        !err.is_retriable() && err.to_string().contains("column `message`"),
         "{err}"
     );
     assert!(ids(&sim, "events").is_empty());
@@ -303,8 +302,7 @@ fn a_column_of_another_type_is_a_fatal_schema_mismatch() {
 fn check_reports_the_vast_state_and_column_differences() {
     let sim = sim();
     let old = arrow_schema::Schema::new(
-        Table::Events
-            .schema(false)
+        schema(Table::Events, false)
             .fields()
             .iter()
             .map(|f| f.as_ref().clone().with_nullable(true))
@@ -361,11 +359,7 @@ fn https_with_a_custom_ca_file() {
         "127.0.0.1:0",
         SimOptions {
             tls: Some(
-                vast_processor::vast::sim::tls_config(
-                    &tls.join("server.pem"),
-                    &tls.join("server.key"),
-                )
-                .unwrap(),
+                vast_sim::tls_config(&tls.join("server.pem"), &tls.join("server.key")).unwrap(),
             ),
             ..SimOptions::new(Credentials::new("AK", SECRET), vec!["vastdb".into()])
         },

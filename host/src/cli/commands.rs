@@ -1,13 +1,14 @@
 //! `run`, `replay`, `generate` and `data`.
 
-use super::transform_test::Format;
-use crate::batch::Table;
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkConfig};
+use crate::model::Table;
 use crate::pipeline::{self, RunStats};
 use crate::sink::Sink;
 use crate::sink::parquet::{ParquetSink, read_table};
+use crate::sink::vast::Connection;
+use crate::source::file::Format;
 use crate::source::kafka::{self, RunOptions};
-use crate::wasm::TransformEngine;
+use crate::transform::wasm::TransformEngine;
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,64 +42,13 @@ pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Add the fix to an authentication failure (the credentials themselves are never shown).
-fn auth_hint(e: crate::vast::client::VastError) -> anyhow::Error {
-    if e.is_auth() {
-        anyhow::anyhow!(
-            "{e}: the credentials were refused; check VAST_ACCESS_KEY and VAST_SECRET_KEY"
-        )
-    } else {
-        e.into()
-    }
-}
-
-/// The VAST connection settings from `[sink]` and the environment.
-pub fn vast_config(
-    config: &Config,
-) -> anyhow::Result<(crate::vast::client::VastConfig, String, String)> {
-    let s = &config.sink;
-    let need = |v: &Option<String>, key: &str, env: &str| {
-        v.clone()
-            .filter(|x| !x.is_empty())
-            .with_context(|| format!("the VAST sink needs sink.{key} (or {env})"))
-    };
-    let endpoint = need(&s.endpoint, "endpoint", "VAST_ENDPOINT")?;
-    let access = need(&s.access_key, "access_key", "VAST_ACCESS_KEY")?;
-    let secret = need(&s.secret_key, "secret_key", "VAST_SECRET_KEY")?;
-    let bucket = need(&s.bucket, "bucket", "VAST_BUCKET")?;
-    let schema = s
-        .schema
-        .clone()
-        .filter(|x| !x.is_empty())
-        .unwrap_or_else(|| "observability".into());
-    let cfg = crate::vast::client::VastConfig {
-        endpoint,
-        credentials: crate::vast::sigv4::Credentials::new(access, secret),
-        ca_file: s.ca_file.as_ref().map(|p| config.base_dir.join(p)),
-        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-        request_timeout: Duration::from_millis(s.request_timeout_ms),
-    };
-    Ok((cfg, bucket, schema))
-}
-
 fn make_sink(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Sink>> {
-    match config.sink.kind {
-        SinkKind::Parquet => Ok(Arc::new(ParquetSink::new(data_dir))),
-        SinkKind::Vast => {
-            let (cfg, bucket, schema) = vast_config(config)?;
-            let sink = crate::sink::vast::VastSink::connect(
-                &cfg,
-                &bucket,
-                &schema,
-                config.runtime.lineage,
-            )
-            .map_err(auth_hint)
-            .with_context(|| format!("cannot use VAST at {}", cfg.endpoint))?;
-            sink.bootstrap()
-                .with_context(|| format!("cannot prepare tables in {bucket}/{schema}"))?;
-            Ok(Arc::new(sink))
-        }
-    }
+    Ok(crate::sink::build(
+        &config.sink,
+        &config.base_dir,
+        data_dir,
+        config.runtime.lineage,
+    )?)
 }
 
 /// `vast-processor run`.
@@ -107,7 +57,7 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let data_dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| config.base_dir.join(&config.sink.data_dir));
+        .unwrap_or_else(|| config.base_dir.join(config.sink.data_dir()));
     let engine = Arc::new(TransformEngine::new(cache)?);
     let specs = pipeline::load_pipelines(&config, &engine)?;
     let sink = make_sink(&config, &data_dir)?;
@@ -119,8 +69,8 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .filter_map(|s| s.file.clone().map(|f| (s.live.clone(), f)))
         .collect();
     let watcher = config.reload.enabled.then(|| {
-        crate::reload::watch(
-            crate::reload::Watched {
+        crate::transform::reload::watch(
+            crate::transform::reload::Watched {
                 transforms: watched,
                 config: Some((args.config.clone(), config.clone())),
                 pipelines: live.clone(),
@@ -210,21 +160,28 @@ pub fn replay(args: &ReplayArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitC
     let data_dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| config.base_dir.join(&config.sink.data_dir));
+        .unwrap_or_else(|| config.base_dir.join(config.sink.data_dir()));
     let engine = TransformEngine::new(cache)?;
     let spec = pipeline::load_pipelines(&config, &engine)?.remove(0);
     let sink = make_sink(&config, &data_dir)?;
     let stats = Arc::new(RunStats::default());
     let started = Instant::now();
-    crate::source::file::replay(
+    let bar = progress(0, "records");
+    let result = crate::source::file::replay(
         spec,
         &args.input,
         args.format,
         sink,
         &data_dir,
-        config.runtime.lineage,
+        kafka::runtime_options(&config),
         stats.clone(),
-    )?;
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    );
+    bar.finish_and_clear();
+    result?;
     eprintln!(
         "replayed in {:.2}s: {}",
         started.elapsed().as_secs_f64(),
@@ -280,7 +237,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         .create()
         .context("cannot create the Kafka producer")?;
     let started = Instant::now();
-    let now_us = crate::rows::now_micros();
+    let now_us = crate::model::now_micros();
     let bar = progress(args.count, "records");
     for i in 0..args.count {
         bar.inc(1);
@@ -343,140 +300,6 @@ pub fn progress(len: u64, unit: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Arguments of `vast-sim`.
-#[derive(Debug, clap::Args)]
-pub struct SimArgs {
-    /// Listen address (loopback).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub listen: String,
-    /// The access key clients must sign with.
-    #[arg(long, env = "VAST_ACCESS_KEY")]
-    pub access_key: String,
-    /// The secret key clients must sign with.
-    #[arg(long, env = "VAST_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: String,
-    /// Buckets that exist (repeatable).
-    #[arg(long = "bucket", env = "VAST_BUCKET", required = true)]
-    pub buckets: Vec<String>,
-    /// The version the server reports.
-    #[arg(long, default_value = "vast 5.3.0.1")]
-    pub server: String,
-    /// Serve https with this PEM certificate chain (with --tls-key).
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-}
-
-/// `vast-processor vast-sim`: run the VAST simulator until SIGTERM/SIGINT.
-pub fn vast_sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
-    let sim = crate::vast::sim::Simulator::start(
-        &args.listen,
-        crate::vast::sim::SimOptions {
-            server: args.server.clone(),
-            tls: match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => {
-                    Some(crate::vast::sim::tls_config(cert, key).map_err(anyhow::Error::msg)?)
-                }
-                _ => None,
-            },
-            ..crate::vast::sim::SimOptions::new(
-                crate::vast::sigv4::Credentials::new(
-                    args.access_key.clone(),
-                    args.secret_key.clone(),
-                ),
-                args.buckets.clone(),
-            )
-        },
-    )
-    .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
-    eprintln!(
-        "VAST simulator on {} (buckets: {})",
-        sim.endpoint(),
-        args.buckets.join(", ")
-    );
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Arguments of `bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// Topics to measure (default: all four bundled ones).
-    #[arg(long = "topic")]
-    pub topics: Vec<String>,
-    /// Messages per measurement.
-    #[arg(long, default_value_t = 100_000)]
-    pub messages: usize,
-    /// Repetitions per measurement (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
-    /// Workers for the multi-worker measurement (default: one per core).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// A Kafka broker for the end-to-end measurement (skipped without it).
-    #[arg(long)]
-    pub bootstrap: Option<String>,
-    /// Measure only these scenarios (a, b, c, d, e; repeatable or comma-separated; default: all).
-    #[arg(long = "scenario", value_delimiter = ',', value_parser = parse_scenario)]
-    pub scenarios: Vec<char>,
-    /// Batch sizes for scenario a (repeatable or comma-separated; default: 1,100,1000,10000).
-    #[arg(long = "batch", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
-    pub batches: Vec<u64>,
-    /// CPU deadline per transform call, in milliseconds (default: the pipeline default).
-    /// For running under valgrind, which slows calls down ~50x.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub deadline_ms: Option<u64>,
-}
-
-fn parse_scenario(s: &str) -> Result<char, String> {
-    match s.trim() {
-        one @ ("a" | "b" | "c" | "d" | "e") => Ok(char::from(one.as_bytes()[0])),
-        other => Err(format!(
-            "unknown scenario `{other}`: expected one of a, b, c, d, e"
-        )),
-    }
-}
-
-/// `vast-processor bench`.
-pub fn bench(args: &BenchArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let engine = TransformEngine::new(cache)?;
-    let topics = if args.topics.is_empty() {
-        crate::config::BUNDLED
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        args.topics.clone()
-    };
-    if cfg!(debug_assertions) {
-        eprintln!(
-            "warning: this is a debug build; figures are meaningless (use cargo run --release -- bench)"
-        );
-    }
-    let opts = crate::bench::BenchOptions {
-        topics,
-        messages: args.messages.max(1),
-        runs: args.runs.max(1),
-        workers: args
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        bootstrap: args.bootstrap.clone(),
-        scenarios: args.scenarios.clone(),
-        batches: args.batches.iter().map(|&b| b as usize).collect(),
-        deadline_ms: args.deadline_ms,
-    };
-    crate::bench::run(&opts, &engine)?;
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Arguments of `check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -506,7 +329,7 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
             Ok(specs) => println!(
                 "pipeline {}: transform {} loads and accepts its config",
                 p.name(),
-                specs[0].module.version()
+                specs[0].live.current().module.version()
             ),
             Err(e) => {
                 ok = false;
@@ -514,9 +337,9 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
             }
         }
     }
-    match config.sink.kind {
-        SinkKind::Parquet => {
-            let dir = config.base_dir.join(&config.sink.data_dir);
+    match &config.sink {
+        SinkConfig::Parquet(p) => {
+            let dir = config.base_dir.join(&p.data_dir);
             match ParquetSink::new(&dir).check() {
                 Ok(()) => println!("sink parquet: {} is writable", dir.display()),
                 Err(e) => {
@@ -525,25 +348,19 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
                 }
             }
         }
-        SinkKind::Vast => {
-            let (cfg, bucket, schema) = vast_config(&config)?;
-            match crate::sink::vast::VastSink::connect(
-                &cfg,
-                &bucket,
-                &schema,
-                config.runtime.lineage,
-            )
-            .map_err(auth_hint)
-            {
+        SinkConfig::Vast(v) => {
+            let conn = Connection::from_config(v, &config.base_dir)?;
+            let (endpoint, bucket, schema) = (&conn.config.endpoint, &conn.bucket, &conn.schema);
+            match conn.connect(config.runtime.lineage) {
                 Err(e) => {
                     ok = false;
-                    println!("sink vast {}: ERROR {e}", cfg.endpoint);
+                    println!("sink vast {endpoint}: ERROR {e}");
                 }
                 Ok(sink) => {
                     let v = sink.client().version();
                     println!(
-                        "sink vast {}: VAST {}.{}.{}.{}, bucket `{bucket}` exists",
-                        cfg.endpoint, v[0], v[1], v[2], v[3]
+                        "sink vast {endpoint}: VAST {}.{}.{}.{}, bucket `{bucket}` exists",
+                        v[0], v[1], v[2], v[3]
                     );
                     match sink.inspect() {
                         Err(e) => {
@@ -645,7 +462,7 @@ pub fn data(cmd: &DataCommand) -> anyhow::Result<ExitCode> {
                     println!("  {r}");
                 }
             }
-            let dead = crate::deadletter::read_dead_letter_files(data_dir);
+            let dead = crate::sink::deadletter::read_dead_letter_files(data_dir);
             println!(
                 "dead-letter files: {} (pipelines with a dead_letter_topic send theirs to Kafka)",
                 dead.len()

@@ -43,12 +43,8 @@ enum Command {
     Replay(commands::ReplayArgs),
     /// Produce realistic sample telemetry to a Kafka topic.
     Generate(commands::GenerateArgs),
-    /// Measure throughput (run from a release build): see BENCHMARKS.md.
-    Bench(commands::BenchArgs),
     /// Check the config, load every transform, and report the sink's state.
     Check(commands::CheckArgs),
-    /// Run the VAST Database simulator (for tests and local runs).
-    VastSim(commands::SimArgs),
     /// Inspect what landed in a Parquet data directory.
     #[command(subcommand)]
     Data(commands::DataCommand),
@@ -63,6 +59,33 @@ enum TransformCommand {
     Test(transform_test::TestArgs),
     /// Create a new transform crate (with a golden test) to build into a .wasm.
     New(scaffold::NewArgs),
+}
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_t` (not exported by libmimalloc-sys).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Process-wide tuning every binary that runs pipelines applies first (the product and the
+/// bench, so the bench measures the product's setup). Call before any thread starts.
+pub fn tune_process() {
+    // Return freed memory to the OS after 5 ms instead of mimalloc's 10: each flush frees
+    // tens of MiB, and holding them 10 ms raised the peak RSS of `run`; 0 (at once) made
+    // every batch and every Parquet page fault its memory back in (twice the page faults
+    // of 5 ms, at the same peak RSS; BENCHMARKS.md). `MIMALLOC_PURGE_DELAY` in the
+    // environment wins.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: options may be set at any time; this one only changes when pages are purged.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 5) };
+    }
+    // No transparent huge pages for this process: mimalloc asks for them on its arenas, and
+    // as it returns freed memory to the OS and takes it back (every batch and Parquet page),
+    // each re-fault zeroed a whole 2 MiB page instead of 4 KiB. Without them a `bench`
+    // full-path run spent 0.28-0.33 s in the kernel instead of 0.57-0.81 s, at 136 instead
+    // of 157 MiB peak RSS (BENCHMARKS.md). `MIMALLOC_ALLOW_THP=1` keeps them.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none_or(|v| v != "1") {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and only affects later page faults.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -94,7 +117,7 @@ pub fn main() -> ExitCode {
     } else {
         cli.cache_dir
             .clone()
-            .or_else(crate::wasm::default_cache_dir)
+            .or_else(crate::transform::wasm::default_cache_dir)
     };
     let result = match &cli.command {
         Command::Run(a) => commands::run(a, cache),
@@ -102,8 +125,6 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => commands::generate(a),
         Command::Data(d) => commands::data(d),
         Command::Check(a) => commands::check(a, cache),
-        Command::Bench(a) => commands::bench(a, cache),
-        Command::VastSim(a) => commands::vast_sim(a),
         Command::Transform(TransformCommand::New(args)) => scaffold::create(args)
             .map_err(anyhow::Error::from)
             .map(|root| {
@@ -112,7 +133,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }),
         Command::Transform(TransformCommand::Test(args)) => (|| {
-            let engine = crate::wasm::TransformEngine::new(cache)?;
+            let engine = crate::transform::wasm::TransformEngine::new(cache)?;
             let outcome = transform_test::run(
                 args,
                 &engine,

@@ -1,23 +1,15 @@
 //! `vast-processor transform test`: run a transform on messages read from files, exactly as
 //! the pipeline would, and print (or check against a golden file) what it produces.
 
-use crate::config::{Config, PipelineConfig};
-use crate::registry;
-use crate::rows;
-use crate::wasm::{Limits, Message, MessageResult, TransformEngine, TransformInstance};
+use crate::config::{Config, Limits, PipelineConfig};
+use crate::model::{self, Message};
+use crate::source::file::{Format, read_inputs};
+use crate::transform::loader;
+use crate::transform::wasm::{MessageResult, TransformEngine, TransformInstance};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// How input files are split into messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Every line of every file is one message.
-    Jsonl,
-    /// Every file is one message; a directory means its files in name order.
-    Raw,
-}
 
 /// Arguments of `transform test`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,66 +51,6 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
-}
-
-/// One input message and where it came from (for error reports).
-pub struct Input {
-    pub payload: Vec<u8>,
-    pub origin: String,
-}
-
-/// Split input files into messages.
-pub fn read_inputs(paths: &[PathBuf], format: Format) -> anyhow::Result<Vec<Input>> {
-    let mut out = Vec::new();
-    for path in paths {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("cannot read input {}", path.display()))?;
-        match format {
-            Format::Jsonl => {
-                if meta.is_dir() {
-                    bail!(
-                        "input {} is a directory; use --format raw for one message per file",
-                        path.display()
-                    );
-                }
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("cannot read input {}", path.display()))?;
-                let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-                if lines.last().is_some_and(|l| l.is_empty()) {
-                    lines.pop();
-                }
-                for (i, line) in lines.into_iter().enumerate() {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    out.push(Input {
-                        payload: line.to_vec(),
-                        origin: format!("{}:{}", path.display(), i + 1),
-                    });
-                }
-            }
-            Format::Raw => {
-                let files = if meta.is_dir() {
-                    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                        .with_context(|| format!("cannot list {}", path.display()))?
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.is_file())
-                        .collect();
-                    files.sort();
-                    files
-                } else {
-                    vec![path.clone()]
-                };
-                for f in files {
-                    let payload = std::fs::read(&f)
-                        .with_context(|| format!("cannot read input {}", f.display()))?;
-                    out.push(Input {
-                        payload,
-                        origin: f.display().to_string(),
-                    });
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The pipeline to emulate: the topic's entry in the config (if any), with --transform and
@@ -195,7 +127,7 @@ pub fn result_lines(input: usize, result: &MessageResult) -> Vec<Value> {
     match result {
         MessageResult::Rows(rows) => rows
             .iter()
-            .map(|r| json!({"input": input, "table": rows::table(r), "row": rows::to_json(r)}))
+            .map(|r| json!({"input": input, "table": r.table().name(), "row": model::to_json(r)}))
             .collect(),
         MessageResult::Skip(why) => vec![json!({"input": input, "skipped": why})],
         MessageResult::Fail(why) => vec![json!({"input": input, "error": why})],
@@ -218,11 +150,11 @@ pub fn run(
     err: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let (p, base) = pipeline(args)?;
-    let module = registry::load_transform(engine, &p.transform, Path::new(""))?;
-    let settings = registry::instance_settings(&p, &base)?;
+    let module = loader::load_transform(engine, &p.transform, Path::new(""))?;
+    let settings = loader::instance_settings(&p, &base)?;
     let mut instance = TransformInstance::new(module.clone(), settings)?;
     let inputs = read_inputs(&args.input, args.format)?;
-    let now = args.now.unwrap_or_else(rows::now_micros);
+    let now = args.now.unwrap_or_else(model::now_micros);
 
     let mut lines = Vec::new();
     let (mut n_rows, mut n_skip, mut n_err) = (0usize, 0usize, 0usize);

@@ -3,11 +3,11 @@
 //! then the delivered offsets.
 
 use super::{DeliveredOffsets, PipelineSpec, RunStats};
-use crate::batch::{Lineage, Table, TableBatcher};
-use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterWriter};
-use crate::rows::RowRef;
+use crate::batch::{Lineage, TableBatcher};
+use crate::model::{Message, RowRef, Table};
+use crate::sink::deadletter::{DeadLetter, DeadLetterError, DeadLetterWriter};
 use crate::sink::{Sink, SinkError};
-use crate::wasm::{Message, MessageResult, TransformError, TransformInstance};
+use crate::transform::wasm::{MessageResult, TransformError, TransformInstance, TransformModule};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,11 +41,11 @@ impl FlushReason {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("sink failed: {0}")]
-    Sink(SinkError),
+    Sink(#[source] SinkError),
     #[error("dead letters could not be written: {0}")]
-    DeadLetter(DeadLetterError),
+    DeadLetter(#[source] DeadLetterError),
     #[error("transform could not be instantiated: {0}")]
-    Transform(TransformError),
+    Transform(#[source] TransformError),
     #[error("stopped while {0} was still failing; its offsets were not committed")]
     Aborted(&'static str),
 }
@@ -62,7 +62,7 @@ pub enum WorkItem {
     /// Process everything queued so far, flush every pipeline, then answer.
     Flush {
         reason: FlushReason,
-        ack: Sender<Result<(), String>>,
+        ack: Sender<Result<(), Arc<WorkerError>>>,
     },
 }
 
@@ -157,20 +157,6 @@ impl Worker {
         if msgs.is_empty() {
             return Ok(());
         }
-        // A `process` call copies its whole batch into the guest: keep each call to a quarter
-        // of the instance's memory cap, so big records do not trap the batch they share.
-        let budget = (self.specs[pipeline].settings.limits.memory_bytes() / 4).max(1 << 20);
-        if msgs.len() > 1 && msgs.iter().map(|m| m.payload.len()).sum::<usize>() > budget {
-            let (mut start, mut acc) = (0, 0);
-            for (i, m) in msgs.iter().enumerate() {
-                if i > start && acc + m.payload.len() > budget {
-                    self.handle(pipeline, &msgs[start..i])?;
-                    (start, acc) = (i, 0);
-                }
-                acc += m.payload.len();
-            }
-            return self.handle(pipeline, &msgs[start..]);
-        }
         let spec = &self.specs[pipeline];
         let state = &mut self.states[pipeline];
         // A hot swap takes effect here, at a batch boundary: the batch runs wholly on one version.
@@ -190,10 +176,25 @@ impl Worker {
             }
         }
         let instance = state.instance.as_mut().expect("just created");
+        // A `process` call copies its whole batch into the guest: keep each call to a quarter
+        // of the memory cap of the version that runs it (a reload may change the cap), so big
+        // records do not trap the batch they share.
+        let budget = call_budget(instance);
+        if msgs.len() > 1 && msgs.iter().map(|m| m.payload.len()).sum::<usize>() > budget {
+            let (mut start, mut acc) = (0, 0);
+            for (i, m) in msgs.iter().enumerate() {
+                if i > start && acc + m.payload.len() > budget {
+                    self.handle(pipeline, &msgs[start..i])?;
+                    (start, acc) = (i, 0);
+                }
+                acc += m.payload.len();
+            }
+            return self.handle(pipeline, &msgs[start..]);
+        }
         let pm = &self.metrics.pipelines[pipeline];
         let before = instance.stats().clone();
         let (wall, cpu) = (Instant::now(), crate::metrics::thread_cpu_ns());
-        let now = crate::rows::now_micros();
+        let now = crate::model::now_micros();
         let processed = instance.process_batch(msgs, now);
         pm.transform_seconds.observe(wall.elapsed().as_secs_f64());
         pm.transform_cpu_ns.fetch_add(
@@ -380,7 +381,7 @@ impl Worker {
 
     /// The worker thread's loop: take messages (grouped into transform batches), flush on
     /// limits, age and requests; on disconnect, flush and exit.
-    pub fn run(mut self, rx: Receiver<WorkItem>) -> Result<(), WorkerError> {
+    pub fn run(mut self, rx: Receiver<WorkItem>) -> Result<(), Arc<WorkerError>> {
         let mut group: Vec<Message> = Vec::with_capacity(MAX_TRANSFORM_BATCH);
         let mut group_pipeline = 0;
         loop {
@@ -394,7 +395,7 @@ impl Worker {
                 Ok(item) => Some(item),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    return self.flush_all(FlushReason::Shutdown);
+                    return Ok(self.flush_all(FlushReason::Shutdown)?);
                 }
             };
             let mut next = first;
@@ -416,8 +417,8 @@ impl Worker {
                     WorkItem::Flush { reason, ack } => {
                         self.handle(group_pipeline, &group)?;
                         group.clear();
-                        let result = self.flush_all(reason);
-                        let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                        let result = self.flush_all(reason).map_err(Arc::new);
+                        let _ = ack.send(result.clone());
                         result?;
                     }
                 }
@@ -426,7 +427,7 @@ impl Worker {
                     Err(TryRecvError::Empty) => None,
                     Err(TryRecvError::Disconnected) => {
                         self.handle(group_pipeline, &group)?;
-                        return self.flush_all(FlushReason::Shutdown);
+                        return Ok(self.flush_all(FlushReason::Shutdown)?);
                     }
                 };
             }
@@ -437,9 +438,14 @@ impl Worker {
     }
 }
 
+/// The most payload bytes one `process` call of `instance` is given.
+fn call_budget(instance: &TransformInstance) -> usize {
+    (instance.settings().limits.memory_bytes() / 4).max(1 << 20)
+}
+
 fn dead_letter(
     spec: &PipelineSpec,
-    module: &crate::wasm::TransformModule,
+    module: &TransformModule,
     m: &Message,
     error: String,
     class: &'static str,

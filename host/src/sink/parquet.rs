@@ -2,8 +2,8 @@
 //! zstd-compressed, written to a hidden temp file, fsynced, then renamed, so a reader never
 //! sees a partial file.
 
-use super::{Sink, SinkError};
-use crate::batch::Table;
+use super::{Sink, SinkError, SinkFailure};
+use crate::model::Table;
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -57,30 +57,35 @@ impl ParquetSink {
         &self.dir
     }
 
-    fn write_one(&self, table: Table, batch: &RecordBatch) -> Result<PathBuf, String> {
+    fn write_one(&self, table: Table, batch: &RecordBatch) -> Result<PathBuf, SinkFailure> {
         let dir = self
             .dir
             .join(table.name())
             .join(format!("date={}", utc_date_today()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let io = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SinkFailure::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
         let name = unique_name("parquet", self.seq.fetch_add(1, Ordering::Relaxed));
         let tmp = dir.join(format!(".{name}.tmp"));
         let fin = dir.join(&name);
         let result = (|| {
-            let file =
-                File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let parquet = |source| SinkFailure::Parquet {
+                path: tmp.clone(),
+                source,
+            };
+            let file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
             let mut w = ArrowWriter::try_new(file, batch.schema(), Some(self.props.clone()))
-                .map_err(|e| format!("parquet writer: {e}"))?;
-            w.write(batch)
-                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-            let file = w
-                .into_inner()
-                .map_err(|e| format!("cannot finish {}: {e}", tmp.display()))?;
-            file.sync_all()
-                .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &fin)
-                .map_err(|e| format!("cannot rename to {}: {e}", fin.display()))?;
+                .map_err(parquet)?;
+            w.write(batch).map_err(parquet)?;
+            let file = w.into_inner().map_err(parquet)?;
+            file.sync_all().map_err(io("cannot fsync", &tmp))?;
+            std::fs::rename(&tmp, &fin).map_err(io("cannot rename to", &fin))?;
             sync_dir(&dir);
             Ok(fin.clone())
         })();
@@ -139,10 +144,7 @@ impl Sink for ParquetSink {
             // that `id` de-duplicates.
             let path = self
                 .write_one(*table, batch)
-                .map_err(|message| SinkError::Retriable {
-                    sink: "parquet",
-                    message,
-                })?;
+                .map_err(|e| SinkError::retry("parquet", e))?;
             tracing::debug!(table = table.name(), rows = batch.num_rows(), path = %path.display(), "wrote parquet file");
         }
         Ok(())
@@ -157,9 +159,15 @@ impl Sink for ParquetSink {
         std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&probe, b""))
             .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|e| SinkError::Retriable {
-                sink: "parquet",
-                message: format!("data directory {} is not writable: {e}", self.dir.display()),
+            .map_err(|source| {
+                SinkError::retry(
+                    "parquet",
+                    SinkFailure::Io {
+                        action: "data directory is not writable:",
+                        path: self.dir.clone(),
+                        source,
+                    },
+                )
             })
     }
 }
@@ -204,7 +212,7 @@ pub fn read_table(dir: &Path, table: Table) -> Result<Vec<RecordBatch>, String> 
 mod tests {
     use super::*;
     use crate::batch::{Lineage, TableBatcher};
-    use crate::wasm::{Event, Row};
+    use crate::model::{Event, Row};
 
     #[test]
     fn civil_dates() {
@@ -245,7 +253,10 @@ mod tests {
         sink.write(&b.finish()).unwrap();
         let batches = read_table(dir.path(), Table::Events).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
-        assert_eq!(batches[0].schema(), Table::Events.schema(true));
+        assert_eq!(
+            batches[0].schema(),
+            crate::batch::schema(Table::Events, true)
+        );
         // No temp file is left behind.
         let day = dir
             .path()

@@ -1,16 +1,17 @@
-//! The Kafka source: one consumer thread polls the group and routes each partition's records,
-//! in order, to one worker (the least loaded when first seen), over bounded queues. When a
-//! worker's queue is full the partition is paused instead of buffering more. Offsets are committed only for the
-//! delivered prefix reported by the workers; on revoke and on shutdown the workers flush
-//! first and the commit is synchronous.
+//! The Kafka source: one consumer thread polls the group and pushes each partition's records,
+//! in order, into the [`Runtime`], to one worker (the least loaded when the partition is
+//! first seen). When a worker's queue is full the partition is paused instead of buffering
+//! more. The Kafka [`Committer`] commits only the delivered prefix the workers report; on
+//! revoke and on shutdown the workers flush first and the commit is synchronous.
 
 use crate::config::Config;
-use crate::deadletter::DeadLetterWriter;
-use crate::pipeline::worker::WorkItem;
-use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv};
+use crate::model::{Header, Message};
+use crate::pipeline::{
+    Committer, DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Runtime, RuntimeError,
+    RuntimeOptions,
+};
 use crate::sink::Sink;
-use crate::wasm::{Header, Message};
-use crossbeam_channel::{Sender, bounded};
+use crate::sink::deadletter::DeadLetterWriter;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -19,22 +20,21 @@ use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Why the run stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("kafka: {0}")]
-    Kafka(String),
-    #[error("{0}")]
-    Worker(String),
-    #[error(
-        "shutdown did not finish within {0:?}: unflushed data was not committed and will be re-read"
-    )]
-    ShutdownTimeout(Duration),
+    #[error("kafka: {what}: {source}")]
+    Kafka {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// Options of one `run`.
@@ -55,9 +55,6 @@ type Tp = (String, i32);
 /// partition (see the loop).
 const ROOM_WAIT: Duration = Duration::from_secs(1);
 
-/// Records per chunk sent to a worker (see [`WorkItem::Msgs`]).
-const CHUNK: usize = 256;
-
 /// The poll loop's checks (shutdown, failures, held records, commits, the age of unsent
 /// chunks) run after an empty poll or every this many records, not per record: per record
 /// they were a fifth of the consumer thread's time.
@@ -72,26 +69,9 @@ struct Pending {
     bytes: usize,
 }
 
-struct WorkerHandle {
-    tx: Sender<WorkItem>,
-    queued_msgs: Arc<AtomicUsize>,
-    queued_bytes: Arc<AtomicUsize>,
-    /// Records queued for the worker but not sent yet (counted in `queued_*` already).
-    chunk: Mutex<Chunk>,
-}
-
-#[derive(Default)]
-struct Chunk {
-    msgs: Vec<(usize, Message)>,
-    bytes: usize,
-}
-
 /// State shared between the poll loop and the rebalance callbacks (which run inside poll).
 struct Shared {
-    workers: Vec<WorkerHandle>,
-    queue_messages: usize,
-    queue_bytes: usize,
-    delivered: Arc<DeliveredOffsets>,
+    runtime: Arc<Runtime>,
     stats: Arc<RunStats>,
     /// Records held back for paused partitions, in order.
     held: Mutex<HashMap<Tp, VecDeque<Pending>>>,
@@ -99,8 +79,6 @@ struct Shared {
     /// Partition → worker, see [`Shared::worker_for`].
     routes: Mutex<HashMap<Tp, usize>>,
     committed: Mutex<HashMap<Tp, i64>>,
-    flush_timeout: Duration,
-    failed: Mutex<Option<String>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -115,7 +93,7 @@ impl Shared {
             return w;
         }
         let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
-        let mut load = vec![0usize; self.workers.len()];
+        let mut load = vec![0usize; self.runtime.workers()];
         for (t, &w) in routes.iter() {
             if assigned.contains(t) {
                 load[w] += 1;
@@ -136,77 +114,11 @@ impl Shared {
     }
 
     fn has_room(&self, w: usize) -> bool {
-        let wk = &self.workers[w];
-        wk.queued_msgs.load(Ordering::Relaxed) < self.queue_messages
-            && wk.queued_bytes.load(Ordering::Relaxed) < self.queue_bytes
+        self.runtime.has_room(w)
     }
 
-    /// Queue a record for worker `w`: into its chunk, which is sent once full (or by
-    /// [`Shared::send_chunks`]).
-    fn queue(&self, w: usize, p: Pending) -> Result<(), String> {
-        let wk = &self.workers[w];
-        wk.queued_msgs.fetch_add(1, Ordering::Relaxed);
-        wk.queued_bytes.fetch_add(p.bytes, Ordering::Relaxed);
-        let mut chunk = wk.chunk.lock().unwrap_or_else(|e| e.into_inner());
-        chunk.msgs.push((p.pipeline, p.msg));
-        chunk.bytes += p.bytes;
-        if chunk.msgs.len() >= CHUNK {
-            return self.send_chunk(wk, &mut chunk);
-        }
-        Ok(())
-    }
-
-    fn send_chunk(&self, wk: &WorkerHandle, chunk: &mut Chunk) -> Result<(), String> {
-        if chunk.msgs.is_empty() {
-            return Ok(());
-        }
-        let Chunk { msgs, bytes } = std::mem::replace(
-            chunk,
-            Chunk {
-                msgs: Vec::with_capacity(CHUNK),
-                bytes: 0,
-            },
-        );
-        self.stats.enqueue(msgs.len(), bytes);
-        wk.tx
-            .send(WorkItem::Msgs { msgs, bytes })
-            .map_err(|_| "a worker stopped".to_string())
-    }
-
-    /// Send every worker's unsent records.
-    fn send_chunks(&self) -> Result<(), String> {
-        for wk in &self.workers {
-            let mut chunk = wk.chunk.lock().unwrap_or_else(|e| e.into_inner());
-            self.send_chunk(wk, &mut chunk)?;
-        }
-        Ok(())
-    }
-
-    /// Ask every worker to flush everything (unsent records first) and wait for all answers.
-    fn flush_workers(&self, reason: FlushReason) -> Result<(), String> {
-        self.send_chunks()?;
-        let mut acks = Vec::new();
-        for w in &self.workers {
-            let (tx, rx) = bounded(1);
-            if w.tx.send(WorkItem::Flush { reason, ack: tx }).is_err() {
-                return Err("a worker stopped".into());
-            }
-            acks.push(rx);
-        }
-        let deadline = Instant::now() + self.flush_timeout;
-        for rx in acks {
-            match rx.recv_deadline(deadline) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(format!(
-                        "workers did not flush within {:?}",
-                        self.flush_timeout
-                    ));
-                }
-            }
-        }
-        Ok(())
+    fn queue(&self, w: usize, p: Pending) -> Result<(), RuntimeError> {
+        self.runtime.queue(w, p.pipeline, p.msg, p.bytes)
     }
 
     /// Commit delivered offsets of `only` (or of every assigned partition) that moved.
@@ -217,7 +129,7 @@ impl Shared {
         mode: CommitMode,
         only: Option<&HashSet<Tp>>,
     ) -> bool {
-        let delivered = self.delivered.snapshot();
+        let delivered = self.runtime.delivered().snapshot();
         let assigned = self
             .assigned
             .lock()
@@ -316,13 +228,13 @@ impl ConsumerContext for Ctx {
                 }
                 // Flush what the workers hold for every partition, then commit synchronously
                 // before the partitions are released.
-                if let Err(e) = s.flush_workers(FlushReason::Revoke) {
+                if let Err(e) = s.runtime.flush(FlushReason::Revoke) {
                     tracing::error!(error = %e, "flush on revoke failed; uncommitted records will be re-read by the next owner");
-                    *s.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    s.runtime.fail(e);
                 }
                 commit_sync(s, consumer, Some(&revoked));
                 let list: Vec<Tp> = revoked.iter().cloned().collect();
-                s.delivered.remove(&list);
+                s.runtime.delivered().remove(&list);
                 let mut assigned = s.assigned.lock().unwrap_or_else(|p| p.into_inner());
                 let mut committed = s.committed.lock().unwrap_or_else(|p| p.into_inner());
                 for tp in &revoked {
@@ -423,70 +335,39 @@ pub fn run(
         .enumerate()
         .map(|(i, s)| (s.topic.clone(), i))
         .collect();
-    let delivered = Arc::new(DeliveredOffsets::default());
-    let abort = Arc::new(AtomicBool::new(false));
-    let n = config.runtime.worker_count();
-    let mut handles: Vec<JoinHandle<Result<(), String>>> = Vec::new();
-    let mut workers = Vec::new();
-    let failed_flag = Arc::new(Mutex::new(None::<String>));
-    for id in 0..n {
-        // Channel capacity is a backstop; the consumer pauses partitions before it is reached.
-        let (tx, rx) = bounded(config.runtime.queue_messages + 1);
-        let dlq = DeadLetterWriter::new(Some(config.kafka.clone()), opts.data_dir.clone());
-        let env = WorkerEnv {
-            sink: sink.clone(),
-            delivered: delivered.clone(),
-            stats: stats.clone(),
-            abort: abort.clone(),
-            lineage: config.runtime.lineage,
-            metrics: opts.metrics.clone(),
-        };
-        let worker = Worker::new(id, specs.clone(), env, dlq);
-        let queued_msgs = worker.queued_msgs.clone();
-        let queued_bytes = worker.queued_bytes.clone();
-        let failed = failed_flag.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("worker-{id}"))
-            .spawn(move || {
-                worker.run(rx).map_err(|e| {
-                    tracing::error!(worker = id, error = %e, "worker stopped");
-                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                    e.to_string()
-                })
-            })
-            .map_err(|e| RunError::Worker(format!("cannot start worker: {e}")))?;
-        handles.push(h);
-        workers.push(WorkerHandle {
-            tx,
-            queued_msgs,
-            queued_bytes,
-            chunk: Mutex::default(),
-        });
-    }
+    let (runtime, threads) = Runtime::start(
+        specs.clone(),
+        &runtime_options(config),
+        sink,
+        stats.clone(),
+        opts.metrics.clone(),
+        || DeadLetterWriter::new(Some(config.kafka.clone()), opts.data_dir.clone()),
+    )?;
     let shared = Arc::new(Shared {
-        workers,
-        queue_messages: config.runtime.queue_messages,
-        queue_bytes: config.runtime.queue_bytes,
-        delivered,
+        runtime: runtime.clone(),
         stats: stats.clone(),
         held: Mutex::new(HashMap::new()),
         assigned: Mutex::new(HashSet::new()),
         routes: Mutex::new(HashMap::new()),
         committed: Mutex::new(HashMap::new()),
-        flush_timeout: Duration::from_secs(config.runtime.shutdown_timeout_s),
-        failed: Mutex::new(None),
         metrics: opts.metrics.clone(),
     });
     let consumer: BaseConsumer<Ctx> = consumer_config(config)
         .create_with_context(Ctx {
             shared: shared.clone(),
         })
-        .map_err(|e| RunError::Kafka(format!("cannot create the consumer: {e}")))?;
+        .map_err(|source| RunError::Kafka {
+            what: "cannot create the consumer".into(),
+            source,
+        })?;
     let topics: Vec<&str> = specs.iter().map(|s| s.topic.as_str()).collect();
     consumer
         .subscribe(&topics)
-        .map_err(|e| RunError::Kafka(format!("cannot subscribe to {topics:?}: {e}")))?;
-    tracing::info!(topics = ?topics, group = %config.kafka.group_id, workers = n, "consuming");
+        .map_err(|source| RunError::Kafka {
+            what: format!("cannot subscribe to {topics:?}"),
+            source,
+        })?;
+    tracing::info!(topics = ?topics, group = %config.kafka.group_id, workers = runtime.workers(), "consuming");
 
     let commit_every = Duration::from_millis(config.runtime.commit_interval_ms);
     let mut last_commit = Instant::now();
@@ -506,9 +387,8 @@ pub fn run(
                 tracing::info!("shutdown requested: stopping fetch, flushing, committing");
                 break;
             }
-            let worker_failure = failure(&failed_flag, &shared);
-            if let Some(e) = worker_failure {
-                outcome = Err(RunError::Worker(e));
+            if let Some(e) = runtime.failure() {
+                outcome = Err(e);
                 break;
             }
             if std::mem::take(&mut got_records) {
@@ -537,8 +417,8 @@ pub fn run(
             }
             release_held(&shared, &consumer);
             if unsent_since.is_some_and(|t| t.elapsed() >= CHUNK_AGE) {
-                if let Err(e) = shared.send_chunks() {
-                    outcome = Err(RunError::Worker(e));
+                if let Err(e) = runtime.send_chunks() {
+                    outcome = Err(e);
                     break;
                 }
                 unsent_since = None;
@@ -559,8 +439,8 @@ pub fn run(
                 continue;
             }
             None => {
-                if let Err(e) = shared.send_chunks() {
-                    outcome = Err(RunError::Worker(e));
+                if let Err(e) = runtime.send_chunks() {
+                    outcome = Err(e);
                     break;
                 }
                 unsent_since = None;
@@ -609,10 +489,7 @@ pub fn run(
                 // Past the wait (a stuck sink), pause as usual so the consumer keeps polling
                 // and stays in its group.
                 drop(held.take());
-                let stop = || {
-                    opts.shutdown.load(Ordering::Relaxed)
-                        || failure(&failed_flag, &shared).is_some()
-                };
+                let stop = || opts.shutdown.load(Ordering::Relaxed) || runtime.failure().is_some();
                 wait_for_room(&shared, &consumer, w, stop, commit_every, &mut last_commit);
                 unsent_since = None;
             }
@@ -629,70 +506,56 @@ pub fn run(
         }
         drop(held);
         if let Err(e) = shared.queue(w, p) {
-            outcome = Err(RunError::Worker(e));
+            outcome = Err(e);
             break;
         }
         unsent_since.get_or_insert_with(Instant::now);
     }
 
     // Graceful stop: flush what the workers hold, commit synchronously, then let them exit.
-    let timeout = Duration::from_secs(config.runtime.shutdown_timeout_s);
-    let watchdog_abort = abort.clone();
-    let done = Arc::new(AtomicBool::new(false));
-    let done2 = done.clone();
-    std::thread::spawn(move || {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if done2.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Past the deadline, retries give up so the process can exit (nothing uncommitted is lost).
-        watchdog_abort.store(true, Ordering::Relaxed);
-    });
+    let mut committer = KafkaCommitter {
+        shared: &shared,
+        consumer: &consumer,
+    };
+    let stopped = runtime.stop(&mut committer, outcome.is_ok());
     if outcome.is_ok() {
-        match shared.flush_workers(FlushReason::Shutdown) {
-            Ok(()) => commit_sync(&shared, &consumer, None),
-            Err(e) => {
-                outcome = Err(if abort.load(Ordering::Relaxed) {
-                    RunError::ShutdownTimeout(timeout)
-                } else {
-                    RunError::Worker(e)
-                });
-            }
-        }
-    } else {
-        // Commit what is truly delivered even when stopping on an error.
-        commit_sync(&shared, &consumer, None);
+        outcome = stopped;
     }
-    done.store(true, Ordering::Relaxed);
     // Dropping the senders ends the workers.
     drop(consumer);
     drop(shared);
-    for h in handles {
-        if let Ok(Err(e)) = h.join()
-            && outcome.is_ok()
-        {
-            outcome = Err(RunError::Worker(e));
-        }
+    drop(runtime);
+    let joined = threads.join();
+    if outcome.is_ok() {
+        outcome = joined;
     }
     tracing::info!(stats = %stats.summary(), "stopped");
-    outcome
+    Ok(outcome?)
 }
 
-/// The first worker failure reported, by a worker thread or a rebalance callback.
-fn failure(flag: &Mutex<Option<String>>, shared: &Shared) -> Option<String> {
-    flag.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .or_else(|| {
-            shared
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        })
+/// The runtime's sizing from `[runtime]`.
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    RuntimeOptions {
+        workers: config.runtime.worker_count(),
+        queue_messages: config.runtime.queue_messages,
+        queue_bytes: config.runtime.queue_bytes,
+        lineage: config.runtime.lineage,
+        shutdown_timeout: Duration::from_secs(config.runtime.shutdown_timeout_s),
+    }
+}
+
+/// Kafka's [`Committer`]: a synchronous commit of every assigned partition's delivered
+/// position (retried a few times).
+struct KafkaCommitter<'a> {
+    shared: &'a Shared,
+    consumer: &'a BaseConsumer<Ctx>,
+}
+
+impl Committer for KafkaCommitter<'_> {
+    fn commit_final(&mut self, _: &DeliveredOffsets) {
+        // `Shared::commit` reads the runtime's delivered offsets itself.
+        commit_sync(self.shared, self.consumer, None);
+    }
 }
 
 /// An asynchronous commit of what was delivered, at most every `every`.
@@ -720,11 +583,11 @@ fn wait_for_room(
 ) {
     let until = Instant::now() + ROOM_WAIT;
     // The worker can only make room from records it was sent.
-    let _ = shared.send_chunks();
+    let _ = shared.runtime.send_chunks();
     while !shared.has_room(w) && Instant::now() < until && !stop() {
         std::thread::sleep(Duration::from_millis(1));
         release_held(shared, consumer);
-        let _ = shared.send_chunks();
+        let _ = shared.runtime.send_chunks();
         commit_if_due(shared, consumer, commit_every, last_commit);
     }
 }
@@ -774,7 +637,7 @@ fn release_held(shared: &Shared, consumer: &BaseConsumer<Ctx>) {
         }
     }
     // The released records go out at once (a worker that stopped is reported by the loop).
-    let _ = shared.send_chunks();
+    let _ = shared.runtime.send_chunks();
     for tp in resumed {
         held.remove(&tp);
         let mut tpl = TopicPartitionList::new();

@@ -1,8 +1,8 @@
 //! Resolving a pipeline's transform to a loaded module and ready instances.
 
 use crate::config::{ConfigError, PipelineConfig, TransformSource, resolve_transform};
-use crate::enrichment::{Enrichment, EnrichmentError};
-use crate::wasm::{InstanceSettings, TransformEngine, TransformError, TransformModule};
+use crate::transform::enrichment::{Enrichment, EnrichmentError};
+use crate::transform::wasm::{InstanceSettings, TransformEngine, TransformError, TransformModule};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

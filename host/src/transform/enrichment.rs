@@ -1,20 +1,9 @@
 //! Enrichment tables: CSV or JSON files named in a pipeline's config, loaded by the host and
 //! served to guests through the `lookup` import.
 
-use serde::Deserialize;
+use crate::config::TableSpec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-/// One enrichment table in `pipelines.toml`: `[pipelines.enrichment.<name>]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableSpec {
-    /// CSV (`.csv`) or JSON (`.json`) file, relative to the config file.
-    pub path: PathBuf,
-    /// CSV only: the column holding the lookup key (default: the first column).
-    #[serde(default)]
-    pub key: Option<String>,
-}
 
 /// Why a table could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,21 @@
-//! `pipelines.toml`: which transform runs for which topic, with what settings.
-//!
-//! Unknown keys are errors (a typo must not silently fall back to a default).
+//! `pipelines.toml` as data: every serde type of the configuration lives here (and only
+//! serde types: each runtime object is built from its config by the room that owns it, e.g.
+//! `SinkConfig::build` in `crate::sink`). Unknown keys are errors (a typo must not silently
+//! fall back to a default); the environment (`KAFKA_*`, `VAST_*`) overrides the file.
 
-use crate::enrichment::TableSpec;
-use crate::wasm::Limits;
+mod pipeline;
+mod reload;
+mod sink;
+
+pub use pipeline::{BatchConfig, Limits, PipelineConfig, TableSpec};
+pub use reload::ReloadConfig;
+pub use sink::{MissingSetting, ParquetConfig, SinkConfig, VastSinkConfig};
+/// Names of the transforms embedded in the binary (defined once, by the SDK that holds them).
+pub use vast_transform_sdk::transforms::BUNDLED;
+
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-
-/// Names of the transforms embedded in the binary.
-pub const BUNDLED: [&str; 4] = ["raw-logs", "raw-queries", "raw-host-logs", "otel-metrics"];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -29,7 +35,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Hot reload of transforms.
     #[serde(default)]
-    pub reload: crate::reload::ReloadConfig,
+    pub reload: ReloadConfig,
     /// One entry per input topic.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
@@ -57,60 +63,6 @@ impl Default for KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             group_id: "vast-processor".into(),
             properties: BTreeMap::new(),
-        }
-    }
-}
-
-/// Which sink receives the rows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// Local Parquet files (the embedded default).
-    #[default]
-    Parquet,
-    /// VAST Database.
-    Vast,
-}
-
-/// `[sink]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinkConfig {
-    pub kind: SinkKind,
-    /// Parquet: the output directory (also where dead letters go when a pipeline has no
-    /// dead-letter topic). `--data-dir` overrides it.
-    pub data_dir: PathBuf,
-    /// VAST: endpoint URL (`VAST_ENDPOINT`).
-    pub endpoint: Option<String>,
-    /// VAST: access key (`VAST_ACCESS_KEY`; prefer the environment).
-    pub access_key: Option<String>,
-    /// VAST: secret key (`VAST_SECRET_KEY`; prefer the environment).
-    pub secret_key: Option<String>,
-    /// VAST: bucket (`VAST_BUCKET`).
-    pub bucket: Option<String>,
-    /// VAST: schema (`VAST_SCHEMA`); default `observability`.
-    pub schema: Option<String>,
-    /// VAST over https: a PEM file with the CA of the server's certificate.
-    pub ca_file: Option<PathBuf>,
-    /// VAST: connect timeout, milliseconds.
-    pub connect_timeout_ms: u64,
-    /// VAST: timeout of one request, milliseconds.
-    pub request_timeout_ms: u64,
-}
-
-impl Default for SinkConfig {
-    fn default() -> Self {
-        SinkConfig {
-            kind: SinkKind::Parquet,
-            data_dir: PathBuf::from("data"),
-            endpoint: None,
-            access_key: None,
-            secret_key: None,
-            bucket: None,
-            schema: None,
-            ca_file: None,
-            connect_timeout_ms: 5_000,
-            request_timeout_ms: 60_000,
         }
     }
 }
@@ -170,64 +122,6 @@ impl Default for AdminConfig {
         AdminConfig {
             addr: "127.0.0.1:9464".into(),
         }
-    }
-}
-
-/// `[pipelines.batch]`: when accumulated rows are flushed to the sink.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchConfig {
-    /// Flush when this many rows (all tables) are buffered.
-    pub max_rows: usize,
-    /// Flush when the buffered rows take about this many bytes.
-    pub max_bytes: usize,
-    /// Flush when the oldest buffered row is this old, in milliseconds.
-    pub max_age_ms: u64,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig {
-            max_rows: 100_000,
-            max_bytes: 32 * 1024 * 1024,
-            max_age_ms: 5_000,
-        }
-    }
-}
-
-/// One `[[pipelines]]` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Label used in logs and metrics; defaults to the topic.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The Kafka topic to read.
-    pub topic: String,
-    /// A bundled transform name, or a path to a `.wasm` component (relative to this file).
-    pub transform: String,
-    /// Key/values passed to the transform's `init`.
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
-    /// Enrichment tables the transform can `lookup`.
-    #[serde(default)]
-    pub enrichment: BTreeMap<String, TableSpec>,
-    /// Per-instance sandbox limits.
-    #[serde(default)]
-    pub limits: Limits,
-    /// Kafka topic that receives records the transform rejects; without one they go to
-    /// files under `<data_dir>/dead_letter/`.
-    #[serde(default)]
-    pub dead_letter_topic: Option<String>,
-    /// Flush thresholds.
-    #[serde(default)]
-    pub batch: BatchConfig,
-}
-
-impl PipelineConfig {
-    /// The pipeline's label.
-    pub fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.topic)
     }
 }
 
@@ -350,6 +244,9 @@ impl Config {
             key: key.to_string(),
             message,
         };
+        // VAST_* are applied after the loop: VAST_ENDPOINT selects the VAST sink, and the
+        // others only fill in a VAST sink (they do not switch a Parquet one).
+        let mut vast = VastSinkConfig::default();
         for (key, value) in vars {
             // An empty value means unset: compose files and .env templates pass `VAR=` for
             // everything they know about (an empty VAST_ENDPOINT keeps the Parquet sink).
@@ -383,14 +280,11 @@ impl Config {
                     self.pipelines
                         .retain(|p| wanted.contains(&p.topic.as_str()));
                 }
-                "VAST_ENDPOINT" => {
-                    self.sink.endpoint = Some(value);
-                    self.sink.kind = SinkKind::Vast;
-                }
-                "VAST_ACCESS_KEY" => self.sink.access_key = Some(value),
-                "VAST_SECRET_KEY" => self.sink.secret_key = Some(value),
-                "VAST_BUCKET" => self.sink.bucket = Some(value),
-                "VAST_SCHEMA" => self.sink.schema = Some(value),
+                "VAST_ENDPOINT" => vast.endpoint = Some(value),
+                "VAST_ACCESS_KEY" => vast.access_key = Some(value),
+                "VAST_SECRET_KEY" => vast.secret_key = Some(value),
+                "VAST_BUCKET" => vast.bucket = Some(value),
+                "VAST_SCHEMA" => vast.schema = Some(value),
                 _ => {
                     if let Some(name) = key.strip_prefix("KAFKA_PROPERTY_") {
                         if name.is_empty() {
@@ -399,6 +293,30 @@ impl Config {
                         let prop = name.to_ascii_lowercase().replace('_', ".");
                         self.kafka.properties.insert(prop, value);
                     }
+                }
+            }
+        }
+        if vast.endpoint.is_some() {
+            self.sink.vast_mut();
+        }
+        if let SinkConfig::Vast(v) = &mut self.sink {
+            let VastSinkConfig {
+                endpoint,
+                access_key,
+                secret_key,
+                bucket,
+                schema,
+                ..
+            } = vast;
+            for (slot, value) in [
+                (&mut v.endpoint, endpoint),
+                (&mut v.access_key, access_key),
+                (&mut v.secret_key, secret_key),
+                (&mut v.bucket, bucket),
+                (&mut v.schema, schema),
+            ] {
+                if value.is_some() {
+                    *slot = value;
                 }
             }
         }
@@ -476,7 +394,7 @@ mod tests {
 
     #[test]
     fn the_shipped_file_is_valid() {
-        let text = include_str!("../../pipelines.toml");
+        let text = include_str!("../../../pipelines.toml");
         let c = parse(text).unwrap();
         for b in BUNDLED {
             assert_eq!(
@@ -519,7 +437,7 @@ mod tests {
 
     #[test]
     fn empty_environment_values_are_unset() {
-        let mut c = parse(include_str!("../../pipelines.toml")).unwrap();
+        let mut c = parse(include_str!("../../../pipelines.toml")).unwrap();
         let env = [
             ("VAST_ENDPOINT", ""),
             ("VAST_SECRET_KEY", " "),
@@ -529,8 +447,7 @@ mod tests {
         ];
         c.apply_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .unwrap();
-        assert_eq!(c.sink.kind, SinkKind::Parquet);
-        assert_eq!(c.sink.secret_key, None);
+        assert_eq!(c.sink.kind(), "parquet");
         assert_eq!(c.pipelines.len(), 4);
         assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert!(!c.kafka.properties.contains_key("sasl.username"));
@@ -538,7 +455,7 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file() {
-        let mut c = parse(include_str!("../../pipelines.toml")).unwrap();
+        let mut c = parse(include_str!("../../../pipelines.toml")).unwrap();
         let env = [
             ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092"),
             ("KAFKA_GROUP_ID", "g2"),
@@ -569,8 +486,10 @@ mod tests {
         );
         let topics: Vec<_> = c.pipelines.iter().map(|p| p.topic.as_str()).collect();
         assert_eq!(topics, ["raw-logs", "otel-metrics"]);
-        assert_eq!(c.sink.kind, SinkKind::Vast);
-        assert_eq!(c.sink.bucket.as_deref(), Some("b"));
+        let SinkConfig::Vast(v) = &c.sink else {
+            panic!("VAST_ENDPOINT selects the VAST sink")
+        };
+        assert_eq!(v.bucket.as_deref(), Some("b"));
         let err = c
             .apply_env([("KAFKA_TOPICS".to_string(), "nope".to_string())])
             .unwrap_err()
@@ -583,7 +502,7 @@ mod tests {
 
     #[test]
     fn runtime_validation_names_the_key() {
-        let mut c = parse(include_str!("../../pipelines.toml")).unwrap();
+        let mut c = parse(include_str!("../../../pipelines.toml")).unwrap();
         c.kafka.properties.insert("group.id".into(), "x".into());
         let err = c.validate_runtime().unwrap_err().to_string();
         assert!(err.contains("kafka.properties.group.id"), "{err}");

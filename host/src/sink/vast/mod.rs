@@ -5,13 +5,21 @@
 //! offsets uncommitted and, through its bounded queue, pauses consumption), fatal ones
 //! (credentials, schema mismatch, missing bucket) stop the pipeline.
 
-use super::{Sink, SinkError};
-use crate::batch::Table;
-use crate::vast::client::{TxId, VastClient, VastConfig, VastError, conform};
+pub mod client;
+pub mod sigv4;
+pub mod wire;
+
+use super::{Sink, SinkError, SinkFailure};
+use crate::batch::schema;
+use crate::config::VastSinkConfig;
+use crate::model::Table;
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
+use client::{TxId, VastClient, VastConfig, VastError, conform};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// Sorting keys of the Python table creator, as column indices of the contract schemas:
 /// events (entity_id, timestamp, event_type), metrics (metric_name, entity_id, timestamp).
@@ -44,30 +52,104 @@ pub struct VastSink {
 }
 
 fn fatal(e: VastError) -> SinkError {
-    let message = if e.is_auth() {
-        format!("{e} (check VAST_ACCESS_KEY / VAST_SECRET_KEY)")
+    let hint = if e.is_auth() {
+        " (check VAST_ACCESS_KEY / VAST_SECRET_KEY)"
     } else {
-        e.to_string()
+        ""
     };
-    SinkError::Fatal {
-        sink: "vast",
-        message,
-    }
+    SinkError::stop("vast", SinkFailure::Vast { source: e, hint })
 }
 
 fn classify(e: VastError) -> SinkError {
     // A table that vanished is re-created on the next attempt.
     if e.is_retriable() || matches!(e, VastError::Http { status: 404, .. }) {
-        SinkError::Retriable {
-            sink: "vast",
-            message: e.to_string(),
-        }
+        SinkError::retry(
+            "vast",
+            SinkFailure::Vast {
+                source: e,
+                hint: "",
+            },
+        )
     } else {
         fatal(e)
     }
 }
 
+/// Why the VAST sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Missing(#[from] crate::config::MissingSetting),
+    #[error("cannot use VAST at {endpoint}: {source}{}", if source.is_auth() { ": the credentials were refused; check VAST_ACCESS_KEY and VAST_SECRET_KEY" } else { "" })]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: Box<VastError>,
+    },
+    #[error("cannot prepare tables in {bucket}/{schema}: {source}")]
+    Bootstrap {
+        bucket: String,
+        schema: String,
+        #[source]
+        source: Box<VastError>,
+    },
+}
+
+/// What a connection needs, from `[sink]` and the environment.
+pub struct Connection {
+    pub config: VastConfig,
+    pub bucket: String,
+    pub schema: String,
+}
+
+impl Connection {
+    /// The connection settings of `[sink] kind = "vast"` (`base_dir` resolves `ca_file`).
+    pub fn from_config(
+        c: &VastSinkConfig,
+        base_dir: &Path,
+    ) -> Result<Self, crate::config::MissingSetting> {
+        let need = VastSinkConfig::need;
+        let endpoint = need(&c.endpoint, "endpoint", "VAST_ENDPOINT")?;
+        let access = need(&c.access_key, "access_key", "VAST_ACCESS_KEY")?;
+        let secret = need(&c.secret_key, "secret_key", "VAST_SECRET_KEY")?;
+        let bucket = need(&c.bucket, "bucket", "VAST_BUCKET")?;
+        Ok(Connection {
+            config: VastConfig {
+                endpoint: endpoint.to_string(),
+                credentials: sigv4::Credentials::new(access.to_string(), secret.to_string()),
+                ca_file: c.ca_file.as_ref().map(|p| base_dir.join(p)),
+                connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+                request_timeout: Duration::from_millis(c.request_timeout_ms),
+            },
+            bucket: bucket.to_string(),
+            schema: c.schema().to_string(),
+        })
+    }
+
+    /// Connect to the server (see [`VastSink::connect`]).
+    pub fn connect(&self, lineage: bool) -> Result<VastSink, BuildError> {
+        VastSink::connect(&self.config, &self.bucket, &self.schema, lineage).map_err(|source| {
+            BuildError::Connect {
+                endpoint: self.config.endpoint.clone(),
+                source: Box::new(source),
+            }
+        })
+    }
+}
+
 impl VastSink {
+    /// The sink of `[sink] kind = "vast"`: connected, its schema and tables prepared.
+    pub fn build(c: &VastSinkConfig, base_dir: &Path, lineage: bool) -> Result<Self, BuildError> {
+        let conn = Connection::from_config(c, base_dir)?;
+        let sink = conn.connect(lineage)?;
+        sink.bootstrap().map_err(|source| BuildError::Bootstrap {
+            bucket: conn.bucket.clone(),
+            schema: conn.schema.clone(),
+            source: Box::new(source),
+        })?;
+        Ok(sink)
+    }
+
     /// Connect (version probe: a non-VAST server or wrong credentials fail here) and check
     /// the bucket exists.
     pub fn connect(
@@ -126,7 +208,7 @@ impl VastSink {
             let schema_exists = self.client.schema_exists(tx, &self.bucket, &self.schema)?;
             let mut reports = Vec::new();
             for t in Table::ALL {
-                let expected = t.schema(self.lineage);
+                let expected = schema(t, self.lineage);
                 let exists = schema_exists
                     && self
                         .client
@@ -166,7 +248,7 @@ impl VastSink {
     /// table's layout as the server lists it.
     fn ensure(&self, tx: TxId, table: Table) -> Result<Schema, VastError> {
         let (b, s, name) = (&self.bucket, &self.schema, table.name());
-        let expected = table.schema(self.lineage);
+        let expected = schema(table, self.lineage);
         if !self.client.schema_exists(tx, b, s)? {
             tracing::info!(bucket = %b, schema = %s, "creating schema");
             self.client.create_schema(tx, b, s)?;
@@ -268,10 +350,13 @@ impl Sink for VastSink {
         match self.client.bucket_exists(&self.bucket) {
             Ok(true) => Ok(()),
             Ok(false) => Err(fatal(VastError::MissingBucket(self.bucket.clone()))),
-            Err(e) => Err(SinkError::Retriable {
-                sink: "vast",
-                message: format!("VAST unreachable: {e}"),
-            }),
+            Err(e) => Err(SinkError::retry(
+                "vast",
+                SinkFailure::Vast {
+                    source: e,
+                    hint: " (VAST unreachable)",
+                },
+            )),
         }
     }
 }

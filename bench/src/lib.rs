@@ -1,21 +1,28 @@
-//! `vast-processor bench`: throughput of the bundled transforms, from the sandbox alone to the
-//! full path through a broker. Prints a table (medians of several runs, with the spread) and
-//! the peak RSS. Run it from a release build.
+//! The benchmark of vast-processor's bundled transforms, from the sandbox alone to the full
+//! path through a broker. Prints a table (medians of several runs, with the spread) and the
+//! peak RSS. Run it from a release build. Not part of the product: its own crate and binary.
 
-use crate::batch::Table;
-use crate::config::{BatchConfig, Config};
-use crate::deadletter::DeadLetterWriter;
-use crate::generate::{Rng, record};
-use crate::pipeline::{DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv};
-use crate::sink::{Sink, SinkError};
-use crate::wasm::{
-    InstanceSettings, Message, MessageResult, Processed, TransformEngine, TransformInstance,
-};
+mod cli;
+
+pub use cli::main;
+
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use vast_processor::config::{BatchConfig, Config};
+use vast_processor::generate::messages;
+use vast_processor::model::Message;
+use vast_processor::model::Table;
+use vast_processor::pipeline::{
+    DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv,
+};
+use vast_processor::sink::deadletter::DeadLetterWriter;
+use vast_processor::sink::{Sink, SinkError, SinkFailure};
+use vast_processor::transform::wasm::{
+    InstanceSettings, MessageResult, Processed, TransformEngine, TransformInstance,
+};
 
 /// Options of a run.
 #[derive(Debug, Clone)]
@@ -102,26 +109,6 @@ fn summarize(
     }
 }
 
-/// Generated messages for `topic` (partition 0, offsets from 0).
-pub fn messages(topic: &str, n: usize) -> Vec<Message> {
-    let mut rng = Rng::new(42);
-    (0..n)
-        .map(|i| {
-            let r =
-                record(topic, &mut rng, 1_760_457_600_000_000 + i as i64).expect("bundled topic");
-            Message {
-                topic: topic.into(),
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: None,
-                key: r.key,
-                headers: vec![],
-                payload: r.payload,
-            }
-        })
-        .collect()
-}
-
 fn count_rows(p: &Processed) -> usize {
     p.results()
         .iter()
@@ -139,24 +126,22 @@ pub struct EncodeOnlySink {
 
 impl Sink for EncodeOnlySink {
     fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
-        let props = crate::sink::parquet::writer_properties();
+        let props = vast_processor::sink::parquet::writer_properties();
+        let fail = |e: parquet::errors::ParquetError| {
+            SinkError::stop(
+                "bench",
+                SinkFailure::Parquet {
+                    path: "memory".into(),
+                    source: e,
+                },
+            )
+        };
         for (_, b) in batches {
             let mut out = Vec::new();
             let mut w =
-                ArrowWriter::try_new(&mut out, b.schema(), Some(props.clone())).map_err(|e| {
-                    SinkError::Fatal {
-                        sink: "bench",
-                        message: e.to_string(),
-                    }
-                })?;
-            w.write(b).map_err(|e| SinkError::Fatal {
-                sink: "bench",
-                message: e.to_string(),
-            })?;
-            w.close().map_err(|e| SinkError::Fatal {
-                sink: "bench",
-                message: e.to_string(),
-            })?;
+                ArrowWriter::try_new(&mut out, b.schema(), Some(props.clone())).map_err(fail)?;
+            w.write(b).map_err(fail)?;
+            w.close().map_err(fail)?;
             self.bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
         }
         Ok(())
@@ -258,7 +243,7 @@ fn spec(
 ) -> anyhow::Result<PipelineSpec> {
     let module = engine.load(
         topic,
-        crate::registry::bundled_bytes(topic)
+        vast_processor::transform::loader::bundled_bytes(topic)
             .ok_or_else(|| anyhow::anyhow!("no bundled transform {topic}"))?,
     )?;
     Ok(PipelineSpec::new(
@@ -287,7 +272,7 @@ fn full_path(
         stats: stats.clone(),
         abort: Arc::new(AtomicBool::new(false)),
         lineage: true,
-        metrics: Arc::new(crate::metrics::Metrics::new([(
+        metrics: Arc::new(vast_processor::metrics::Metrics::new([(
             spec.name.as_str(),
             spec.topic.as_str(),
         )])),
@@ -333,7 +318,7 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
             // messages need ~100 MiB of guest memory, over the default 64 MiB limit.
             let mut settings = opts.settings();
             settings.limits.memory_mib = 256;
-            let mut inst = TransformInstance::new(s.module.clone(), settings)?;
+            let mut inst = TransformInstance::new(s.live.current().module.clone(), settings)?;
             inst.process_batch(&part[..batch.min(n)], 0);
             let runs = (0..opts.runs)
                 .map(|_| {
@@ -489,18 +474,20 @@ fn end_to_end(
         "[kafka]\nbootstrap_servers = \"{addr}\"\ngroup_id = \"{topic}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"fetch.wait.max.ms\" = \"10\"\n[admin]\naddr = \"127.0.0.1:0\"\n[[pipelines]]\ntopic = \"{topic}\"\ntransform = \"raw-logs\"\n"
     );
     let config = Config::parse(&text, std::path::Path::new("bench.toml"), dir.clone())?;
-    let specs = crate::pipeline::load_pipelines(&config, engine)?;
+    let specs = vast_processor::pipeline::load_pipelines(&config, engine)?;
     let stats = Arc::new(RunStats::default());
-    let metrics = Arc::new(crate::metrics::Metrics::new(
+    let metrics = Arc::new(vast_processor::metrics::Metrics::new(
         specs.iter().map(|s| (s.name.as_str(), s.topic.as_str())),
     ));
-    let opts_run = crate::source::kafka::RunOptions {
+    let opts_run = vast_processor::source::kafka::RunOptions {
         stop_after_idle: Some(Duration::from_secs(2)),
         shutdown: Arc::new(AtomicBool::new(false)),
         data_dir: dir.join("data"),
         metrics,
     };
-    let sink = Arc::new(crate::sink::parquet::ParquetSink::new(dir.join("data")));
+    let sink = Arc::new(vast_processor::sink::parquet::ParquetSink::new(
+        dir.join("data"),
+    ));
     let st = stats.clone();
     let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let f2 = first.clone();
@@ -510,7 +497,7 @@ fn end_to_end(
         }
         *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     });
-    crate::source::kafka::run(&config, specs, sink, stats.clone(), opts_run)?;
+    vast_processor::source::kafka::run(&config, specs, sink, stats.clone(), opts_run)?;
     let _ = watcher.join();
     // The idle wait at the end is not processing time.
     let started = first

@@ -1,13 +1,48 @@
-//! The host side of `vast:transform@0.2.0`'s column-wise calls: a batch of [`Message`]s
+//! The edge to `vast:transform@0.2.0` (wit/transform.wit), the current contract: its
+//! bindings, and the host side of its column-wise calls: a batch of [`Message`]s
 //! becomes one [`wit::Batch`] (payloads, keys and headers in one buffer), and a
 //! [`wit::Output`] is checked once ([`check`]) and then read in place as borrowed rows
 //! ([`event`], [`metric`]): no per-row strings are built. A guest is untrusted, so every
 //! length, offset and char boundary is verified and a malformed output is a contract
 //! breach, never a panic.
 
-use super::bindings::vast::transform::types as wit;
-use super::v1::vast::transform::types::{Message, MetricType};
-use crate::rows::{EventRef, MetricRef, StrColumn, Tags, entry};
+use super::host::{Level, StoreState};
+use crate::model::{EventRef, Message, MetricRef, MetricType, Tags, TextColumn, entry};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/transform.wit",
+        world: "transform",
+    });
+}
+
+pub use bindings::vast::transform::types as wit;
+pub use bindings::{Transform, TransformPre};
+pub use wit::Output;
+
+impl wit::Host for StoreState {}
+
+impl bindings::vast::transform::host::Host for StoreState {
+    fn log(&mut self, level: bindings::vast::transform::host::Level, message: String) {
+        use bindings::vast::transform::host::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        StoreState::log(self, level, message)
+    }
+
+    fn lookup(&mut self, table: String, key: String) -> Option<String> {
+        StoreState::lookup(self, table, key)
+    }
+
+    fn counter(&mut self, name: String, delta: i64) {
+        StoreState::counter(self, name, delta)
+    }
+}
 
 /// The batch for `messages`, which must all come from one topic (the caller splits runs).
 /// `None` when the batch's payloads or keys do not fit the contract's 32-bit offsets.
@@ -95,7 +130,7 @@ fn check_len<T>(name: &str, col: &[T], n: usize) -> Result<(), String> {
 
 fn check_strs(name: &str, s: &wit::Strings, n: usize) -> Result<(), String> {
     check_len(name, &s.ends, n)?;
-    match StrColumn::checked(&s.text, &s.ends) {
+    match TextColumn::checked(&s.text, &s.ends) {
         Some(_) => Ok(()),
         None => Err(format!(
             "column `{name}`: ends decrease, run past the text or are not on char boundaries"
@@ -159,8 +194,8 @@ fn check_metrics(c: &wit::Metrics, n: usize) -> Result<(), String> {
 
 /// A column of an output that passed [`check`] (not re-checked: this runs per row and
 /// column; an unchecked column would only yield wrong text, never a panic).
-fn col(s: &wit::Strings) -> StrColumn<'_> {
-    StrColumn::trusted(&s.text, &s.ends)
+fn col(s: &wit::Strings) -> TextColumn<'_> {
+    TextColumn::trusted(&s.text, &s.ends)
 }
 
 fn opt(s: &wit::OptionalStrings, i: usize) -> Option<&str> {
@@ -232,8 +267,8 @@ pub fn metric(c: &wit::Metrics, i: usize) -> MetricRef<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::v1::vast::transform::types::Header;
     use super::*;
+    use crate::model::Header;
 
     fn msg(offset: i64, payload: &str) -> Message {
         Message {

@@ -1,19 +1,18 @@
-//! Rows as the runtime hands them on: borrowed views of a call's output ([`RowRef`]),
-//! host-side checks and host-assigned columns, and JSON rendering.
+//! Borrowed views of rows ([`RowRef`]) as a transform's output holds them, read in place
+//! without copying their strings, with the host-side checks and host-assigned columns.
 
-use crate::wasm::{Event, Message, Metric, MetricType, Row};
-use serde_json::{Value, json};
+use super::{Event, Message, Metric, MetricType, Row, row_id_text};
 
 /// A string column as one text buffer plus end offsets (Arrow's Utf8 layout), as a 0.2.0
 /// guest returns it. Built only by the runtime after checking that every end is in order,
 /// within the text and on a char boundary, so each entry is a plain slice.
 #[derive(Debug, Clone, Copy)]
-pub struct StrColumn<'a> {
+pub struct TextColumn<'a> {
     text: &'a str,
     ends: &'a [u32],
 }
 
-impl<'a> StrColumn<'a> {
+impl<'a> TextColumn<'a> {
     /// The column if `ends` is non-decreasing, within `text` and on char boundaries.
     pub(crate) fn checked(text: &'a str, ends: &'a [u32]) -> Option<Self> {
         let mut prev = 0u32;
@@ -23,13 +22,13 @@ impl<'a> StrColumn<'a> {
             }
             prev = e;
         }
-        Some(StrColumn { text, ends })
+        Some(TextColumn { text, ends })
     }
 
-    /// A column whose ends the caller has checked with [`StrColumn::checked`] (a column
-    /// that was not only yields wrong or empty entries from [`StrColumn::get`], never a panic).
+    /// A column whose ends the caller has checked with [`TextColumn::checked`] (a column
+    /// that was not only yields wrong or empty entries from [`TextColumn::get`], never a panic).
     pub(crate) fn trusted(text: &'a str, ends: &'a [u32]) -> Self {
-        StrColumn { text, ends }
+        TextColumn { text, ends }
     }
 
     /// Entries in the column.
@@ -64,8 +63,8 @@ pub(crate) fn entry(ends: &[u32], i: usize) -> std::ops::Range<usize> {
 pub enum Tags<'a> {
     Pairs(&'a [(String, String)]),
     Columns {
-        keys: StrColumn<'a>,
-        values: StrColumn<'a>,
+        keys: TextColumn<'a>,
+        values: TextColumn<'a>,
         start: usize,
         end: usize,
     },
@@ -262,55 +261,6 @@ impl RowRef<'_> {
     }
 }
 
-/// Processing time now, in microseconds since the epoch.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// The deterministic row id: 128 bits of XXH3 over (topic, partition, offset, row index),
-/// formatted like a UUID. A redelivered message yields identical ids, so duplicates can be
-/// removed downstream.
-pub fn row_id(topic: &str, partition: i32, offset: i64, index: usize) -> String {
-    // ASCII by construction.
-    String::from_utf8(row_id_text(topic, partition, offset, index).to_vec()).unwrap_or_default()
-}
-
-/// [`row_id`] as its 36 ASCII bytes, for callers that copy it on (the Arrow builder).
-pub fn row_id_text(topic: &str, partition: i32, offset: i64, index: usize) -> [u8; 36] {
-    // Runs once per row: hash from a stack buffer (Kafka topic names are at most 249 bytes).
-    let mut stack = [0u8; 256 + 21];
-    let mut heap = Vec::new();
-    let t = topic.len();
-    let buf: &mut [u8] = if t <= 256 {
-        &mut stack[..t + 21]
-    } else {
-        heap.resize(t + 21, 0);
-        &mut heap
-    };
-    buf[..t].copy_from_slice(topic.as_bytes());
-    buf[t] = 0;
-    buf[t + 1..t + 5].copy_from_slice(&partition.to_le_bytes());
-    buf[t + 5..t + 13].copy_from_slice(&offset.to_le_bytes());
-    buf[t + 13..t + 21].copy_from_slice(&(index as u64).to_le_bytes());
-    let digest = xxhash_rust::xxh3::xxh3_128(buf);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // 8-4-4-4-12 hex digits written into a fixed buffer, a byte at a time (a push per
-    // character, or a u128 shift per digit, showed in profiles).
-    let mut text = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in digest.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        text[at] = HEX[usize::from(byte >> 4)];
-        text[at + 1] = HEX[usize::from(byte & 0xf)];
-        at += 2;
-    }
-    text
-}
-
 /// Check that `text`, the column `what`, is a JSON object (what the host stores there).
 pub fn check_object(what: &str, text: &str) -> Result<(), String> {
     if !text.trim_start().starts_with('{') {
@@ -330,97 +280,10 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// The output table of a row.
-pub fn table(row: &Row) -> &'static str {
-    match row {
-        Row::Event(_) => "events",
-        Row::Metric(_) => "metrics",
-    }
-}
-
-fn tags_value(tags: &[(String, String)]) -> Value {
-    Value::Object(
-        tags.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
-
-fn object_value(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
-}
-
-/// The metric type's text as stored.
-pub fn metric_type(t: MetricType) -> &'static str {
-    match t {
-        MetricType::Gauge => "gauge",
-        MetricType::Counter => "counter",
-        MetricType::Histogram => "histogram",
-    }
-}
-
-/// A row as a JSON object with every column in table order (`transform test` output).
-/// Timestamps are integer microseconds; tags, attributes and metadata are JSON objects.
-pub fn to_json(row: &Row) -> Value {
-    match row {
-        Row::Event(Event {
-            timestamp,
-            entity_id,
-            event_type,
-            source,
-            environment,
-            message,
-            tags,
-            attributes,
-            trace_id,
-            id,
-            created_at,
-        }) => json!({
-            "timestamp": timestamp,
-            "entity_id": entity_id,
-            "event_type": event_type,
-            "source": source,
-            "environment": environment,
-            "message": message,
-            "tags": tags_value(tags),
-            "attributes": object_value(attributes),
-            "trace_id": trace_id,
-            "id": id,
-            "created_at": created_at,
-        }),
-        Row::Metric(Metric {
-            metric_name,
-            entity_id,
-            timestamp,
-            source,
-            environment,
-            metric_value,
-            metric_type: t,
-            unit,
-            tags,
-            metadata,
-            created_at,
-            id,
-        }) => json!({
-            "metric_name": metric_name,
-            "entity_id": entity_id,
-            "timestamp": timestamp,
-            "source": source,
-            "environment": environment,
-            "metric_value": metric_value,
-            "metric_type": metric_type(*t),
-            "unit": unit,
-            "tags": tags_value(tags),
-            "metadata": object_value(metadata),
-            "created_at": created_at,
-            "id": id,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::row_id;
 
     fn msg() -> Message {
         Message {
@@ -524,11 +387,11 @@ mod tests {
     }
 
     #[test]
-    fn str_columns_are_checked_once_and_sliced() {
-        assert!(StrColumn::checked("abc", &[1, 0]).is_none());
-        assert!(StrColumn::checked("abc", &[4]).is_none());
-        assert!(StrColumn::checked("é", &[1]).is_none());
-        let c = StrColumn::checked("aébc", &[1, 3, 3, 5]).unwrap();
+    fn text_columns_are_checked_once_and_sliced() {
+        assert!(TextColumn::checked("abc", &[1, 0]).is_none());
+        assert!(TextColumn::checked("abc", &[4]).is_none());
+        assert!(TextColumn::checked("é", &[1]).is_none());
+        let c = TextColumn::checked("aébc", &[1, 3, 3, 5]).unwrap();
         let all: Vec<_> = (0..c.len()).map(|i| c.get(i)).collect();
         assert_eq!(all, ["a", "é", "", "bc"]);
         assert_eq!(c.get(9), "");

@@ -4,8 +4,8 @@
 //! `<data_dir>/dead_letter/` when it has none. Never dropped.
 
 use crate::config::KafkaConfig;
+use crate::model::Header;
 use crate::sink::parquet::{sync_dir, unique_name, utc_date_today};
-use crate::wasm::Header;
 use base64::Engine as _;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;

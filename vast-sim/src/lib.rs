@@ -6,8 +6,6 @@
 //! and zero-column inserts (501). Faults can be injected: error statuses, latency, and
 //! connections dropped before or after a request is applied.
 
-use super::sigv4::{Credentials, parse_amz_date, sha256_hex, sign_request};
-use super::wire::{self, ObjectDetails};
 use arrow_array::{RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +15,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use vast_processor::sink::vast::sigv4::{Credentials, parse_amz_date, sha256_hex, sign_request};
+use vast_processor::sink::vast::wire::{self, ObjectDetails};
 
 /// The request size limit (§9.1).
 pub const MAX_REQUEST: usize = 5 * 1024 * 1024;

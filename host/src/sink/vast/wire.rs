@@ -244,7 +244,7 @@ pub fn read_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>, arrow_schema::Arro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Table as OutTable;
+    use crate::model::Table as OutTable;
 
     #[test]
     fn create_schema_request_has_an_empty_properties_string() {
@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn schema_messages_and_streams_round_trip() {
-        let schema = OutTable::Events.schema(true);
+        let schema = crate::batch::schema(OutTable::Events, true);
         let msg = schema_message(&schema);
         assert_eq!(&msg[..4], &[0xff; 4], "continuation marker");
         assert_eq!(read_schema(&msg).unwrap(), *schema);

@@ -349,6 +349,26 @@ pub fn malformed(topic: &str, rng: &mut Rng) -> Record {
     }
 }
 
+/// Generated messages for `topic` (partition 0, offsets from 0).
+pub fn messages(topic: &str, n: usize) -> Vec<crate::model::Message> {
+    let mut rng = Rng::new(42);
+    (0..n)
+        .map(|i| {
+            let r =
+                record(topic, &mut rng, 1_760_457_600_000_000 + i as i64).expect("bundled topic");
+            crate::model::Message {
+                topic: topic.into(),
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+                key: r.key,
+                headers: vec![],
+                payload: r.payload,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

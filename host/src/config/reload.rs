@@ -1,0 +1,35 @@
+//! `[reload]`: hot reload of transforms, enrichment tables and the config file.
+
+/// Hot-reload settings (`[reload]`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch transform files, enrichment tables and the config file.
+    pub enabled: bool,
+    /// Poll for changes instead of relying on filesystem events.
+    pub poll: bool,
+    /// Quiet time after the last change before a file is read.
+    pub debounce_ms: u64,
+    /// Recent messages kept per pipeline for the shadow check.
+    pub shadow_messages: usize,
+    /// Largest fraction of shadow messages the candidate may fail that the running version accepted.
+    pub shadow_max_new_failures: f64,
+    /// Batches a new version is watched for after a swap.
+    pub probation_batches: u64,
+    /// Error-and-trap rate over the probation that triggers a rollback.
+    pub rollback_error_rate: f64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            enabled: true,
+            poll: false,
+            debounce_ms: 300,
+            shadow_messages: 200,
+            shadow_max_new_failures: 0.0,
+            probation_batches: 10,
+            rollback_error_rate: 0.2,
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The runtime that owns the wiring between a source and the sinks: the worker pool (one
+//! thread per worker, each owning its wasm instances and batchers), the bounded queue per
+//! worker (a source asks [`Runtime::has_room`] before it queues, and holds back or pauses
+//! when there is none), the flush hand-off, the [`DeliveredOffsets`] the workers advance,
+//! and the graceful stop: flush, then the source's [`Committer`], within the shutdown
+//! timeout (a watchdog makes retries give up past it).
+
+use super::worker::WorkItem;
+use super::{
+    DeliveredOffsets, FlushReason, PipelineSpec, RunStats, Worker, WorkerEnv, WorkerError,
+};
+use crate::metrics::Metrics;
+use crate::model::Message;
+use crate::sink::Sink;
+use crate::sink::deadletter::DeadLetterWriter;
+use crossbeam_channel::{Sender, bounded};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Records per chunk sent to a worker (see [`WorkItem::Msgs`]).
+const CHUNK: usize = 256;
+
+/// Why the runtime could not go on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// A worker stopped: its pipeline cannot go on without losing or duplicating data.
+    #[error("worker {worker} stopped: {source}")]
+    Worker {
+        worker: usize,
+        #[source]
+        source: Arc<WorkerError>,
+    },
+    /// A worker's thread ended (its error, if any, is reported by [`Runtime::failure`]).
+    #[error("a worker stopped")]
+    Disconnected,
+    #[error("workers did not flush within {0:?}")]
+    FlushTimeout(Duration),
+    #[error(
+        "shutdown did not finish within {0:?}: unflushed data was not committed and will be re-read"
+    )]
+    ShutdownTimeout(Duration),
+    #[error("cannot start a worker thread: {0}")]
+    Spawn(#[source] Arc<std::io::Error>),
+}
+
+/// How the runtime is sized (from `[runtime]`).
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub workers: usize,
+    /// Messages and bytes queued per worker before a source must hold back.
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    /// Add the lineage columns.
+    pub lineage: bool,
+    /// The bound of a flush request and of the graceful stop.
+    pub shutdown_timeout: Duration,
+}
+
+/// Commits the delivered offsets where the source keeps them. Kafka implements it; a file
+/// replay has nothing to commit ([`NoCommit`]).
+pub trait Committer {
+    /// Commit the positions in `delivered` that this source owns, and wait for the answer
+    /// (the last commit of a stop; a failure only means those records are read again).
+    fn commit_final(&mut self, delivered: &DeliveredOffsets);
+}
+
+/// The committer of a source without offsets to commit (file replay).
+pub struct NoCommit;
+
+impl Committer for NoCommit {
+    fn commit_final(&mut self, _: &DeliveredOffsets) {}
+}
+
+struct WorkerHandle {
+    tx: Sender<WorkItem>,
+    queued_msgs: Arc<AtomicUsize>,
+    queued_bytes: Arc<AtomicUsize>,
+    /// Records queued for the worker but not sent yet (counted in `queued_*` already).
+    chunk: Mutex<Chunk>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    msgs: Vec<(usize, Message)>,
+    bytes: usize,
+}
+
+/// The worker pool and its queues; see the module docs.
+pub struct Runtime {
+    workers: Vec<WorkerHandle>,
+    queue_messages: usize,
+    queue_bytes: usize,
+    delivered: Arc<DeliveredOffsets>,
+    stats: Arc<RunStats>,
+    /// Set when retries must give up (shutdown deadline passed).
+    abort: Arc<AtomicBool>,
+    /// The first failure, of a worker thread or reported by the source.
+    failed: Arc<Mutex<Option<RuntimeError>>>,
+    shutdown_timeout: Duration,
+}
+
+/// The worker threads of a [`Runtime`]: joined once the runtime (its senders) is dropped.
+pub struct WorkerThreads {
+    handles: Vec<JoinHandle<Result<(), Arc<WorkerError>>>>,
+}
+
+impl WorkerThreads {
+    /// Wait for every worker to exit; the first error a worker stopped with.
+    pub fn join(self) -> Result<(), RuntimeError> {
+        let mut first = Ok(());
+        for (worker, h) in self.handles.into_iter().enumerate() {
+            if let Ok(Err(source)) = h.join()
+                && first.is_ok()
+            {
+                first = Err(RuntimeError::Worker { worker, source });
+            }
+        }
+        first
+    }
+}
+
+impl Runtime {
+    /// Start `opts.workers` workers for `specs`; `dead_letters` makes each worker's writer.
+    pub fn start(
+        specs: Arc<Vec<PipelineSpec>>,
+        opts: &RuntimeOptions,
+        sink: Arc<dyn Sink>,
+        stats: Arc<RunStats>,
+        metrics: Arc<Metrics>,
+        dead_letters: impl Fn() -> DeadLetterWriter,
+    ) -> Result<(Arc<Runtime>, WorkerThreads), RuntimeError> {
+        let delivered = Arc::new(DeliveredOffsets::default());
+        let abort = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(None::<RuntimeError>));
+        let mut handles = Vec::new();
+        let mut workers = Vec::new();
+        for id in 0..opts.workers.max(1) {
+            // Channel capacity is a backstop; sources hold back before it is reached.
+            let (tx, rx) = bounded(opts.queue_messages + 1);
+            let env = WorkerEnv {
+                sink: sink.clone(),
+                delivered: delivered.clone(),
+                stats: stats.clone(),
+                abort: abort.clone(),
+                lineage: opts.lineage,
+                metrics: metrics.clone(),
+            };
+            let worker = Worker::new(id, specs.clone(), env, dead_letters());
+            let queued_msgs = worker.queued_msgs.clone();
+            let queued_bytes = worker.queued_bytes.clone();
+            let failed = failed.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("worker-{id}"))
+                .spawn(move || {
+                    worker.run(rx).inspect_err(|e| {
+                        tracing::error!(worker = id, error = %e, "worker stopped");
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(RuntimeError::Worker {
+                                worker: id,
+                                source: e.clone(),
+                            });
+                    })
+                })
+                .map_err(|e| RuntimeError::Spawn(Arc::new(e)))?;
+            handles.push(h);
+            workers.push(WorkerHandle {
+                tx,
+                queued_msgs,
+                queued_bytes,
+                chunk: Mutex::default(),
+            });
+        }
+        let runtime = Runtime {
+            workers,
+            queue_messages: opts.queue_messages,
+            queue_bytes: opts.queue_bytes,
+            delivered,
+            stats,
+            abort,
+            failed,
+            shutdown_timeout: opts.shutdown_timeout,
+        };
+        Ok((Arc::new(runtime), WorkerThreads { handles }))
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// What has been durably delivered.
+    pub fn delivered(&self) -> &DeliveredOffsets {
+        &self.delivered
+    }
+
+    /// The run's counters.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    /// The first failure (a worker's, or one the source reported with [`Runtime::fail`]).
+    pub fn failure(&self) -> Option<RuntimeError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Record a failure the source met (e.g. a flush on revoke that failed).
+    pub fn fail(&self, e: RuntimeError) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    }
+
+    /// True when worker `w`'s queue has room for more records.
+    pub fn has_room(&self, w: usize) -> bool {
+        let wk = &self.workers[w];
+        wk.queued_msgs.load(Ordering::Relaxed) < self.queue_messages
+            && wk.queued_bytes.load(Ordering::Relaxed) < self.queue_bytes
+    }
+
+    /// Queue a record of `pipeline` for worker `w` (`bytes`: its accounting size): into the
+    /// worker's chunk, which is sent once full (or by [`Runtime::send_chunks`]).
+    pub fn queue(
+        &self,
+        w: usize,
+        pipeline: usize,
+        msg: Message,
+        bytes: usize,
+    ) -> Result<(), RuntimeError> {
+        let wk = &self.workers[w];
+        wk.queued_msgs.fetch_add(1, Ordering::Relaxed);
+        wk.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let mut chunk = wk.chunk.lock().unwrap_or_else(|e| e.into_inner());
+        chunk.msgs.push((pipeline, msg));
+        chunk.bytes += bytes;
+        if chunk.msgs.len() >= CHUNK {
+            return self.send_chunk(wk, &mut chunk);
+        }
+        Ok(())
+    }
+
+    fn send_chunk(&self, wk: &WorkerHandle, chunk: &mut Chunk) -> Result<(), RuntimeError> {
+        if chunk.msgs.is_empty() {
+            return Ok(());
+        }
+        let Chunk { msgs, bytes } = std::mem::replace(
+            chunk,
+            Chunk {
+                msgs: Vec::with_capacity(CHUNK),
+                bytes: 0,
+            },
+        );
+        self.stats.enqueue(msgs.len(), bytes);
+        wk.tx
+            .send(WorkItem::Msgs { msgs, bytes })
+            .map_err(|_| RuntimeError::Disconnected)
+    }
+
+    /// Send every worker's unsent records.
+    pub fn send_chunks(&self) -> Result<(), RuntimeError> {
+        for wk in &self.workers {
+            let mut chunk = wk.chunk.lock().unwrap_or_else(|e| e.into_inner());
+            self.send_chunk(wk, &mut chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Ask every worker to flush everything (unsent records first) and wait for all answers,
+    /// at most the shutdown timeout.
+    pub fn flush(&self, reason: FlushReason) -> Result<(), RuntimeError> {
+        self.send_chunks()?;
+        let mut acks = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = bounded(1);
+            if w.tx.send(WorkItem::Flush { reason, ack: tx }).is_err() {
+                return Err(RuntimeError::Disconnected);
+            }
+            acks.push(rx);
+        }
+        let deadline = Instant::now() + self.shutdown_timeout;
+        for (worker, rx) in acks.into_iter().enumerate() {
+            match rx.recv_deadline(deadline) {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => return Err(RuntimeError::Worker { worker, source }),
+                Err(_) => return Err(RuntimeError::FlushTimeout(self.shutdown_timeout)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The graceful stop: flush what the workers hold (unless `flush` is false: stopping on
+    /// an error), then let `committer` commit what is delivered, within the shutdown
+    /// timeout. Drop the runtime afterwards to end the workers, and join them.
+    pub fn stop(&self, committer: &mut dyn Committer, flush: bool) -> Result<(), RuntimeError> {
+        let timeout = self.shutdown_timeout;
+        let abort = self.abort.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let watching = done.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + timeout;
+            while Instant::now() < until {
+                if watching.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Past the deadline, retries give up so the process can exit (nothing
+            // uncommitted is lost: it is read again).
+            abort.store(true, Ordering::Relaxed);
+        });
+        let result = if flush {
+            match self.flush(FlushReason::Shutdown) {
+                Ok(()) => {
+                    committer.commit_final(&self.delivered);
+                    Ok(())
+                }
+                Err(_) if self.abort.load(Ordering::Relaxed) => {
+                    Err(RuntimeError::ShutdownTimeout(timeout))
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            // Commit what is truly delivered even when stopping on an error.
+            committer.commit_final(&self.delivered);
+            Ok(())
+        };
+        done.store(true, Ordering::Relaxed);
+        result
+    }
+}

@@ -1,0 +1,126 @@
+//! What a guest may touch: the state of one store (WASI with no capabilities, the memory
+//! limiter, captured stdout/stderr) and the host imports of the contract: `log` (rate-limited
+//! per instance), `lookup` (the pipeline's enrichment tables) and `counter` (bounded in the
+//! number of names). Both contract worlds' `host` interfaces call these (abi_v1, abi_v2).
+
+use super::capture::Capture;
+use super::limiter::MemoryLimiter;
+use crate::config::Limits;
+use crate::transform::enrichment::Enrichment;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// A guest log line's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Everything an instance needs besides the module: the pipeline's settings.
+#[derive(Clone, Default)]
+pub struct InstanceSettings {
+    /// Key/values passed to `init`.
+    pub config: Vec<(String, String)>,
+    pub limits: Limits,
+    pub enrichment: Arc<Enrichment>,
+}
+
+/// Host state of one store: WASI (empty), limits, and what the host imports touch.
+pub struct StoreState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limiter: MemoryLimiter,
+    pub(super) enrichment: Arc<Enrichment>,
+    pub(super) version: Arc<str>,
+    pub(super) stdout: Capture,
+    pub(super) stderr: Capture,
+    pub(super) log_tokens: f64,
+    pub(super) log_refilled: Instant,
+    pub(super) log_suppressed: u64,
+    pub(super) counters: HashMap<String, i64>,
+}
+
+/// Guest log lines allowed per instance in a burst, and refilled per second after it.
+const LOG_BURST: f64 = 100.0;
+const LOG_PER_SEC: f64 = 20.0;
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl StoreState {
+    /// A store's state for an instance with `settings`, labelled `version` in logs.
+    pub(super) fn new(settings: &InstanceSettings, version: Arc<str>) -> StoreState {
+        let stdout = Capture::default();
+        let stderr = Capture::default();
+        // Deliberately empty: no preopens, no env, no args, no network, no inherited stdio.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes: settings.limits.memory_bytes(),
+                refused: None,
+                high_water: 0,
+            },
+            enrichment: settings.enrichment.clone(),
+            version,
+            stdout,
+            stderr,
+            log_tokens: LOG_BURST,
+            log_refilled: Instant::now(),
+            log_suppressed: 0,
+            counters: HashMap::new(),
+        }
+    }
+
+    /// `log`: a guest log line, through a token bucket per instance (over the rate it is
+    /// dropped and counted).
+    pub(super) fn log(&mut self, level: Level, message: String) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.log_refilled).as_secs_f64();
+        self.log_refilled = now;
+        self.log_tokens = (self.log_tokens + elapsed * LOG_PER_SEC).min(LOG_BURST);
+        if self.log_tokens < 1.0 {
+            self.log_suppressed += 1;
+            return;
+        }
+        self.log_tokens -= 1.0;
+        let v = &*self.version;
+        match level {
+            Level::Trace => tracing::trace!(target: "guest", transform = v, "{message}"),
+            Level::Debug => tracing::debug!(target: "guest", transform = v, "{message}"),
+            Level::Info => tracing::info!(target: "guest", transform = v, "{message}"),
+            Level::Warn => tracing::warn!(target: "guest", transform = v, "{message}"),
+            Level::Error => tracing::error!(target: "guest", transform = v, "{message}"),
+        }
+    }
+
+    /// `lookup`: a key in one of the pipeline's enrichment tables.
+    pub(super) fn lookup(&mut self, table: String, key: String) -> Option<String> {
+        self.enrichment.lookup(&table, &key).map(str::to_string)
+    }
+
+    /// `counter`: add to a guest-defined counter (exported as a metric).
+    pub(super) fn counter(&mut self, name: String, delta: i64) {
+        // Bound the number of distinct names a guest can create (metric label cardinality).
+        if self.counters.len() < 256 || self.counters.contains_key(&name) {
+            *self.counters.entry(name).or_default() += delta;
+        }
+    }
+}
