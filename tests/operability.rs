@@ -173,11 +173,12 @@ fn metrics_move_by_exactly_the_produced_amounts_and_readyz_tracks_join_and_sink(
 #[test]
 fn bench_end_to_end_reports_broker_rate_and_processor_rss() {
     let broker = Broker::start();
-    let out = std::process::Command::new(VP)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vp-bench"))
         .args([
             "--cache-dir",
             scratch().join("wasm-cache").to_str().unwrap(),
-            "bench",
+            "--processor",
+            VP,
             "--topic",
             "raw-logs",
             "--messages",

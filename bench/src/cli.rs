@@ -42,6 +42,10 @@ struct BenchArgs {
     /// For running under valgrind, which slows calls down ~50x.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     deadline_ms: Option<u64>,
+    /// The `vast-processor` binary for the end-to-end RSS measurement (default: the one next
+    /// to this binary).
+    #[arg(long, env = "VAST_PROCESSOR_BIN")]
+    processor: Option<PathBuf>,
 }
 
 fn parse_scenario(s: &str) -> Result<char, String> {
@@ -101,6 +105,10 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         scenarios: args.scenarios.clone(),
         batches: args.batches.iter().map(|&b| b as usize).collect(),
         deadline_ms: args.deadline_ms,
+        processor: match &args.processor {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("vast-processor"),
+        },
     };
     crate::run(&opts, &engine)?;
     Ok(())

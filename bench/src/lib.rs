@@ -43,6 +43,8 @@ pub struct BenchOptions {
     /// CPU deadline per transform call instead of the default (under valgrind a call runs
     /// ~50x slower and would hit it, making counts depend on timing).
     pub deadline_ms: Option<u64>,
+    /// The `vast-processor` binary whose `run` the end-to-end measurement watches for RSS.
+    pub processor: std::path::PathBuf,
 }
 
 impl BenchOptions {
@@ -523,7 +525,7 @@ fn end_to_end(
             &format!("group_id = \"{topic}-rss\""),
         ),
     )?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = std::process::Command::new(&opts.processor)
         .arg("run")
         .arg("--config")
         .arg(dir.join("rss.toml"))

@@ -512,3 +512,103 @@ fn retry<E: std::fmt::Display>(
     }
     unreachable!("the retry loop only ends by returning")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BatchConfig, Limits, ReloadConfig};
+    use crate::metrics::Metrics;
+    use crate::transform::loader::bundled_bytes;
+    use crate::transform::wasm::{InstanceSettings, TransformEngine};
+    use std::sync::atomic::AtomicU64;
+
+    /// A sink that only counts rows.
+    struct Counting(AtomicU64);
+
+    impl Sink for Counting {
+        fn write(&self, batches: &[(Table, arrow_array::RecordBatch)]) -> Result<(), SinkError> {
+            let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
+            self.0.fetch_add(rows as u64, Ordering::Relaxed);
+            Ok(())
+        }
+
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+    }
+
+    fn settings(memory_mib: u64) -> InstanceSettings {
+        InstanceSettings {
+            limits: Limits {
+                memory_mib,
+                ..Limits::default()
+            },
+            ..InstanceSettings::default()
+        }
+    }
+
+    fn megabyte_records(first: i64, n: i64) -> Vec<Message> {
+        (first..first + n)
+            .map(|offset| Message {
+                topic: "raw-logs".into(),
+                partition: 0,
+                offset,
+                timestamp_ms: None,
+                key: None,
+                headers: vec![],
+                payload: vec![b'x'; 1 << 20],
+            })
+            .collect()
+    }
+
+    /// A reload that lowers `limits.memory_mib` must shrink the payload budget of a call with
+    /// it: sized from the start-up limits, 8 MiB of records went into one call of an
+    /// instance capped at 8 MiB, which trapped, and every record was retried alone.
+    #[test]
+    fn the_call_budget_follows_a_reloaded_memory_limit() {
+        let engine = TransformEngine::new(None).unwrap();
+        let module = engine
+            .load("raw-logs", bundled_bytes("raw-logs").unwrap())
+            .unwrap();
+        let spec = PipelineSpec::new(
+            "raw-logs",
+            "raw-logs",
+            module.clone(),
+            settings(64),
+            None,
+            BatchConfig::default(),
+            ReloadConfig::default(),
+        );
+        let live = spec.live.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new([("raw-logs", "raw-logs")]));
+        let env = WorkerEnv {
+            sink: Arc::new(Counting(AtomicU64::new(0))),
+            delivered: Arc::new(DeliveredOffsets::default()),
+            stats: Arc::new(RunStats::default()),
+            abort: Arc::new(AtomicBool::new(false)),
+            lineage: true,
+            metrics: metrics.clone(),
+        };
+        let mut w = Worker::new(
+            0,
+            Arc::new(vec![spec]),
+            env,
+            DeadLetterWriter::new(None, dir.path().to_path_buf()),
+        );
+        let calls = || metrics.pipelines[0].invocations.load(Ordering::Relaxed);
+        let traps = || metrics.pipelines[0].traps.load(Ordering::Relaxed);
+        // 64 MiB: a 16 MiB budget, so 8 records of 1 MiB go in one call.
+        w.handle(0, &megabyte_records(0, 8)).unwrap();
+        assert_eq!((calls(), traps()), (1, 0));
+        // 8 MiB: a 2 MiB budget, so two records per call.
+        live.try_swap(module, settings(8)).unwrap();
+        w.handle(0, &megabyte_records(8, 8)).unwrap();
+        assert_eq!(
+            (calls() - 1, traps()),
+            (4, 0),
+            "calls, traps after the reload"
+        );
+        w.flush_all(FlushReason::Shutdown).unwrap();
+    }
+}
