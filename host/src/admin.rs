@@ -109,15 +109,29 @@ pub fn respond(state: &AdminState, method: &str, path: &str) -> (u16, String, &'
     }
 }
 
+/// Why the admin server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot bind the admin server to {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the admin server is not on an IP address")]
+    NotIp,
+    #[error("cannot start the admin thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 impl AdminServer {
     /// Bind `addr` and serve in a background thread.
-    pub fn start(addr: &str, state: AdminState) -> Result<AdminServer, String> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| format!("cannot bind the admin server to {addr}: {e}"))?;
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| "the admin server is not on an IP address".to_string())?;
+    pub fn start(addr: &str, state: AdminState) -> Result<AdminServer, AdminError> {
+        let server = tiny_http::Server::http(addr).map_err(|source| AdminError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let bound = server.server_addr().to_ip().ok_or(AdminError::NotIp)?;
         let server = Arc::new(server);
         let srv = server.clone();
         let thread = std::thread::Builder::new()
@@ -133,7 +147,7 @@ impl AdminServer {
                     let _ = req.respond(resp);
                 }
             })
-            .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+            .map_err(AdminError::Thread)?;
         tracing::info!(addr = %bound, "admin server listening (/metrics, /healthz, /readyz)");
         Ok(AdminServer {
             server,

@@ -75,7 +75,6 @@ pub mod arena {
 pub mod gzip;
 pub mod json;
 pub mod otlp;
-mod scan;
 pub mod tags;
 pub mod time;
 pub mod transforms;

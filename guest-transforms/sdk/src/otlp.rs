@@ -201,8 +201,8 @@ pub mod metrics {
 /// them. Field names are lowerCamelCase; the snake_case spelling of the protobuf JSON mapping
 /// is accepted too.
 pub mod logs_json {
+    use crate::json::scan::Cursor;
     use crate::json::{self, Raw};
-    use crate::scan::Cursor;
     use serde::Deserialize;
 
     #[derive(Deserialize, Default, Debug, PartialEq)]

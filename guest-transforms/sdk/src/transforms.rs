@@ -70,12 +70,12 @@ impl<'a> Collector<'a> {
 
 /// Parse a JSON object payload into its members, and the members of its object-valued
 /// members when the fast reader could; see [`parse_object`] for failures.
-fn parse_members(payload: &[u8]) -> Result<(Members<'_>, crate::scan::Children<'_>), String> {
+fn parse_members(payload: &[u8]) -> Result<(Members<'_>, crate::json::scan::Children<'_>), String> {
     // The single-pass scanner answers for valid objects; everything else takes the slower
     // path below, which words the failure exactly as before.
     let scanned = std::str::from_utf8(payload)
         .ok()
-        .and_then(crate::scan::object_with_children);
+        .and_then(crate::json::scan::object_with_children);
     match scanned {
         Some(found) => Ok(found),
         None => Ok((parse_object(payload)?, Vec::new())),

@@ -107,8 +107,7 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             group: config.kafka.group_id.clone(),
             live,
         },
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let opts = RunOptions {
         stop_after_idle: args.stop_after_idle.map(Duration::from_secs_f64),
         shutdown,

@@ -150,8 +150,43 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause whose text the message so
+/// far already holds (typed errors say their source in their own message, as logs show only
+/// that; `{e:#}` would print it twice).
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_error_chain_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner {0}")]
+        struct Inner(u8);
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] Inner);
+        let e = anyhow::Error::new(Outer(Inner(7))).context("while starting");
+        assert_eq!(super::chain(&e), "while starting: outer: inner 7");
+        let plain = anyhow::anyhow!("a").context("b");
+        assert_eq!(super::chain(&plain), "b: a");
     }
 }

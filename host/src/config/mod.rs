@@ -421,6 +421,38 @@ mod tests {
     }
 
     #[test]
+    fn the_sink_is_a_tagged_table_whose_keys_are_checked_per_kind() {
+        assert_eq!(parse("").unwrap().sink, SinkConfig::default());
+        let c = parse("[sink]\ndata_dir = 'out'\n").unwrap();
+        assert_eq!(c.sink.kind(), "parquet");
+        assert_eq!(c.sink.data_dir(), Path::new("out"));
+        let c = parse("[sink]\nkind = 'vast'\nbucket = 'b'\nschema = 's'\n").unwrap();
+        let SinkConfig::Vast(v) = &c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        assert_eq!((v.bucket.as_deref(), v.schema()), (Some("b"), "s"));
+        // A VAST key under the Parquet sink, a typo, an unknown kind: each names the key.
+        for (text, key) in [
+            ("[sink]\nbucket = 'b'\n", "unknown field `bucket`"),
+            (
+                "[sink]\nkind = 'vast'\nendpoit = 'x'\n",
+                "unknown field `endpoit`",
+            ),
+            ("[sink]\nkind = 's3'\n", "sink.kind: unknown sink `s3`"),
+            ("[sink]\nkind = 1\n", "sink.kind: expected a string"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        // Settings the environment may supply are checked when the sink is built.
+        let need = VastSinkConfig::need(&None, "bucket", "VAST_BUCKET").unwrap_err();
+        assert_eq!(
+            need.to_string(),
+            "the VAST sink needs sink.bucket (or VAST_BUCKET)"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let err = parse("[[pipelines]]\ntopic='a'\ntransform='nope'\n")
             .unwrap_err()

@@ -6,12 +6,12 @@
 
 pub mod offsets;
 pub mod runtime;
-pub mod stats;
+
 pub mod worker;
 
+pub use crate::metrics::RunStats;
 pub use offsets::DeliveredOffsets;
 pub use runtime::{Committer, NoCommit, Runtime, RuntimeError, RuntimeOptions, WorkerThreads};
-pub use stats::RunStats;
 pub use worker::{FlushReason, Worker, WorkerEnv, WorkerError};
 
 use crate::config::{BatchConfig, Config, ReloadConfig, TransformSource, resolve_transform};

@@ -6,7 +6,7 @@ use super::{DeliveredOffsets, PipelineSpec, RunStats};
 use crate::batch::{Lineage, TableBatcher};
 use crate::model::{Message, RowRef, Table};
 use crate::sink::deadletter::{DeadLetter, DeadLetterError, DeadLetterWriter};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{RetryHint, Sink, SinkError};
 use crate::transform::wasm::{MessageResult, TransformError, TransformInstance, TransformModule};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
@@ -354,7 +354,7 @@ impl Worker {
                 pm,
                 "the dead-letter destination",
                 || writer.write(&letters),
-                |e: &DeadLetterError| !matches!(e, DeadLetterError::Setup(_)),
+                |e: &DeadLetterError| e.retry_hint() == RetryHint::Retry,
             )
             .map_err(|e| {
                 e.map_or(

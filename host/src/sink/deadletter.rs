@@ -5,6 +5,7 @@
 
 use crate::config::KafkaConfig;
 use crate::model::Header;
+use crate::sink::RetryHint;
 use crate::sink::parquet::{sync_dir, unique_name, utc_date_today};
 use base64::Engine as _;
 use rdkafka::ClientContext;
@@ -64,14 +65,43 @@ impl DeadLetter {
 }
 
 /// Why dead letters could not be written.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("dead-letter topic {topic}: {message}")]
-    Kafka { topic: String, message: String },
-    #[error("dead-letter file: {0}")]
-    File(String),
+    /// A produce or flush to the dead-letter topic failed.
+    #[error("dead-letter topic {topic}: {what}: {source}")]
+    Kafka {
+        topic: String,
+        what: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The broker did not acknowledge some letters.
+    #[error("dead-letter topic {topic}: {count} record(s) not delivered, first: {first}")]
+    Undelivered {
+        topic: String,
+        count: usize,
+        first: String,
+    },
+    #[error("dead-letter file {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a dead-letter topic is configured but Kafka is not available (replay mode)")]
+    NoKafka,
     #[error("dead-letter producer: {0}")]
-    Setup(String),
+    Producer(#[source] rdkafka::error::KafkaError),
+}
+
+impl DeadLetterError {
+    /// Whether writing the letters again can help: a producer that cannot be set up cannot.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            DeadLetterError::NoKafka | DeadLetterError::Producer(_) => RetryHint::Stop,
+            _ => RetryHint::Retry,
+        }
+    }
 }
 
 /// Records delivery failures by the index passed as the message opaque.
@@ -118,12 +148,7 @@ impl DeadLetterWriter {
 
     fn producer(&mut self) -> Result<&BaseProducer<DeliveryTracker>, DeadLetterError> {
         if self.producer.is_none() {
-            let k = self.kafka.as_ref().ok_or_else(|| {
-                DeadLetterError::Setup(
-                    "a dead-letter topic is configured but Kafka is not available (replay mode)"
-                        .into(),
-                )
-            })?;
+            let k = self.kafka.as_ref().ok_or(DeadLetterError::NoKafka)?;
             let mut cfg = ClientConfig::new();
             for (key, v) in &k.properties {
                 cfg.set(key, v);
@@ -143,7 +168,7 @@ impl DeadLetterWriter {
                 .set("linger.ms", "5");
             let p = cfg
                 .create_with_context(DeliveryTracker::default())
-                .map_err(|e| DeadLetterError::Setup(e.to_string()))?;
+                .map_err(DeadLetterError::Producer)?;
             self.producer = Some(p);
         }
         Ok(self.producer.as_ref().expect("just created"))
@@ -205,7 +230,8 @@ impl DeadLetterWriter {
                         } else {
                             return Err(DeadLetterError::Kafka {
                                 topic: topic.into(),
-                                message: e.to_string(),
+                                what: "cannot produce",
+                                source: e,
                             });
                         }
                     }
@@ -214,9 +240,10 @@ impl DeadLetterWriter {
         }
         producer
             .flush(timeout)
-            .map_err(|e| DeadLetterError::Kafka {
+            .map_err(|source| DeadLetterError::Kafka {
                 topic: "(all)".into(),
-                message: format!("not acknowledged: {e}"),
+                what: "not acknowledged",
+                source,
             })?;
         let failures = std::mem::take(
             &mut *producer
@@ -226,9 +253,10 @@ impl DeadLetterWriter {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         if let Some((idx, msg)) = failures.first() {
-            return Err(DeadLetterError::Kafka {
+            return Err(DeadLetterError::Undelivered {
                 topic: letters[*idx].dlq_topic.clone().unwrap_or_default(),
-                message: format!("{} record(s) not delivered, first: {msg}", failures.len()),
+                count: failures.len(),
+                first: msg.clone(),
             });
         }
         Ok(())
@@ -237,8 +265,10 @@ impl DeadLetterWriter {
     fn write_files(&self, letters: &[&DeadLetter]) -> Result<(), DeadLetterError> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let dir = self.dir.join(format!("date={}", utc_date_today()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| DeadLetterError::File(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|source| DeadLetterError::File {
+            path: dir.clone(),
+            source,
+        })?;
         let mut text = String::new();
         for l in letters {
             let line = serde_json::json!({
@@ -274,7 +304,10 @@ impl DeadLetterWriter {
         })();
         res.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            DeadLetterError::File(format!("cannot write {}: {e}", fin.display()))
+            DeadLetterError::File {
+                path: fin.clone(),
+                source: e,
+            }
         })
     }
 }
@@ -371,6 +404,6 @@ mod tests {
         let mut w = DeadLetterWriter::new(None, dir.path().to_path_buf());
         let mut l = letter();
         l.dlq_topic = Some("x-dlq".into());
-        assert!(matches!(w.write(&[l]), Err(DeadLetterError::Setup(_))));
+        assert!(matches!(w.write(&[l]), Err(DeadLetterError::NoKafka)));
     }
 }

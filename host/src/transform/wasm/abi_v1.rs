@@ -3,7 +3,7 @@
 //! types mirror the host's model field for field, so each side converts by moving fields.
 
 use super::MessageResult;
-use super::host::{Level, StoreState};
+use super::host::StoreState;
 use crate::model;
 use wasmtime::Store;
 
@@ -19,27 +19,7 @@ pub use bindings::{Transform, TransformPre};
 
 impl wit::Host for StoreState {}
 
-impl bindings::vast::transform::host::Host for StoreState {
-    fn log(&mut self, level: bindings::vast::transform::host::Level, message: String) {
-        use bindings::vast::transform::host::Level as L;
-        let level = match level {
-            L::Trace => Level::Trace,
-            L::Debug => Level::Debug,
-            L::Info => Level::Info,
-            L::Warn => Level::Warn,
-            L::Error => Level::Error,
-        };
-        StoreState::log(self, level, message)
-    }
-
-    fn lookup(&mut self, table: String, key: String) -> Option<String> {
-        StoreState::lookup(self, table, key)
-    }
-
-    fn counter(&mut self, name: String, delta: i64) {
-        StoreState::counter(self, name, delta)
-    }
-}
+super::host::impl_host_interface!(bindings::vast::transform::host);
 
 /// Call a 0.1.0 component's `process` on `batch`: one result per outcome it returned (the
 /// caller checks the count), rows converted to the model. The error is a trap.

@@ -6,7 +6,7 @@
 //! length, offset and char boundary is verified and a malformed output is a contract
 //! breach, never a panic.
 
-use super::host::{Level, StoreState};
+use super::host::StoreState;
 use crate::model::{EventRef, Message, MetricRef, MetricType, Tags, TextColumn, entry};
 
 mod bindings {
@@ -22,27 +22,7 @@ pub use wit::Output;
 
 impl wit::Host for StoreState {}
 
-impl bindings::vast::transform::host::Host for StoreState {
-    fn log(&mut self, level: bindings::vast::transform::host::Level, message: String) {
-        use bindings::vast::transform::host::Level as L;
-        let level = match level {
-            L::Trace => Level::Trace,
-            L::Debug => Level::Debug,
-            L::Info => Level::Info,
-            L::Warn => Level::Warn,
-            L::Error => Level::Error,
-        };
-        StoreState::log(self, level, message)
-    }
-
-    fn lookup(&mut self, table: String, key: String) -> Option<String> {
-        StoreState::lookup(self, table, key)
-    }
-
-    fn counter(&mut self, name: String, delta: i64) {
-        StoreState::counter(self, name, delta)
-    }
-}
+super::host::impl_host_interface!(bindings::vast::transform::host);
 
 /// The batch for `messages`, which must all come from one topic (the caller splits runs).
 /// `None` when the batch's payloads or keys do not fit the contract's 32-bit offsets.

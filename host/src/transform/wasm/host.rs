@@ -124,3 +124,32 @@ impl StoreState {
         }
     }
 }
+
+/// Implement a contract world's `host` interface (the same in both worlds) on
+/// [`StoreState`], by its bindings' path: `impl_host_interface!(bindings::vast::transform::host)`.
+macro_rules! impl_host_interface {
+    ($($path:ident)::+) => {
+        impl $($path)::+::Host for $crate::transform::wasm::host::StoreState {
+            fn log(&mut self, level: $($path)::+::Level, message: String) {
+                use $($path)::+::Level as L;
+                let level = match level {
+                    L::Trace => $crate::transform::wasm::host::Level::Trace,
+                    L::Debug => $crate::transform::wasm::host::Level::Debug,
+                    L::Info => $crate::transform::wasm::host::Level::Info,
+                    L::Warn => $crate::transform::wasm::host::Level::Warn,
+                    L::Error => $crate::transform::wasm::host::Level::Error,
+                };
+                $crate::transform::wasm::host::StoreState::log(self, level, message)
+            }
+
+            fn lookup(&mut self, table: String, key: String) -> Option<String> {
+                $crate::transform::wasm::host::StoreState::lookup(self, table, key)
+            }
+
+            fn counter(&mut self, name: String, delta: i64) {
+                $crate::transform::wasm::host::StoreState::counter(self, name, delta)
+            }
+        }
+    };
+}
+pub(super) use impl_host_interface;

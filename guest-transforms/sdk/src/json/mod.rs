@@ -1,6 +1,8 @@
 //! JSON helpers for collector payloads: fields parsed lazily as raw JSON, scalars that may be
 //! numbers or numeric strings, and Python-compatible text rendering.
 
+pub(crate) mod scan;
+
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -174,7 +176,7 @@ pub fn contains(haystack: &str, needle: &str) -> bool {
 pub fn push_json_string(out: &mut String, s: &str) {
     // Nearly all text needs no escape: quote it in place. Otherwise serde_json's escaping
     // (the reference; writing into a String cannot fail) into a temporary.
-    if !crate::scan::needs_escape(s.as_bytes()) {
+    if !scan::needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push('"');
         out.push_str(s);
@@ -198,7 +200,7 @@ impl<'a> Members<'a> {
     /// The members of the JSON object `text` (whitespace around it allowed), or serde_json's
     /// error when `text` is not one JSON object.
     pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
-        match crate::scan::object(text) {
+        match scan::object(text) {
             Some(m) => Ok(m),
             // Invalid, or a rare shape the scanner leaves to serde_json: it decides and words
             // the error.
@@ -231,7 +233,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 /// Check that `text` is one JSON object (whitespace around it allowed), with serde_json's
 /// error when it is not. A fast reader answers for valid objects; serde_json words the rest.
 pub fn validate_object(text: &str) -> Result<(), serde_json::Error> {
-    if crate::scan::is_object(text) {
+    if scan::is_object(text) {
         return Ok(());
     }
     serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ())
@@ -252,7 +254,7 @@ pub fn last_member(raw: Raw<'_>) -> Option<(Cow<'_, str>, Raw<'_>)> {
         return None;
     }
     let mut last = None;
-    let mut c = crate::scan::Cursor::new(raw.get());
+    let mut c = scan::Cursor::new(raw.get());
     let read = c.object(|k, c| {
         last = Some((k, c.raw()?));
         Some(())

@@ -2,6 +2,10 @@
 //! exposition format by the admin server. Labels are bounded: pipeline/topic (from the
 //! config), table, reason classes, partitions, and at most 256 guest counter names per pipeline.
 
+mod run;
+
+pub use run::RunStats;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -194,7 +198,7 @@ impl Metrics {
 
     /// Render everything in the Prometheus text format. `stats` supplies the process-wide
     /// gauges (queues, paused partitions).
-    pub fn render(&self, stats: &crate::pipeline::RunStats) -> String {
+    pub fn render(&self, stats: &RunStats) -> String {
         let mut o = String::with_capacity(16 * 1024);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let pl = |p: &PipelineMetrics| {
@@ -463,7 +467,7 @@ mod tests {
         m.pipelines[0].messages_in.fetch_add(3, Ordering::Relaxed);
         m.pipelines[0].dead_letter("trap");
         m.pipelines[0].add_guest_counters([("x\"y".to_string(), 2)]);
-        let text = m.render(&crate::pipeline::RunStats::default());
+        let text = m.render(&RunStats::default());
         assert!(
             text.contains("vast_messages_in_total{pipeline=\"logs\",topic=\"raw-logs\"} 3"),
             "{text}"

@@ -9,7 +9,7 @@
 //! does not handle (keys with invalid surrogate escapes, deeper nesting): callers then ask
 //! serde_json, which decides and words the error. A differential test holds the two equal.
 
-use crate::json::{Members, Raw};
+use super::{Members, Raw};
 use std::borrow::Cow;
 
 /// serde_json stops at 128 levels; stopping earlier only sends such inputs to serde_json.
