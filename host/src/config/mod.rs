@@ -199,35 +199,61 @@ impl Config {
             }
             resolve_transform(&p.transform, &self.base_dir)
                 .map_err(|e| invalid(i, "transform", e.to_string()))?;
-            if p.limits.memory_mib < 2 {
-                return Err(invalid(
-                    i,
-                    "limits.memory_mib",
-                    "must be at least 2 (MiB)".into(),
-                ));
-            }
-            if p.limits.deadline_ms == 0 {
-                return Err(invalid(
-                    i,
-                    "limits.deadline_ms",
-                    "must be greater than 0".into(),
-                ));
-            }
-            if p.batch.max_rows == 0 || p.batch.max_bytes == 0 || p.batch.max_age_ms == 0 {
-                return Err(invalid(
-                    i,
-                    "batch",
-                    "max_rows, max_bytes and max_age_ms must be greater than 0".into(),
-                ));
-            }
-            if p.dead_letter_topic.as_deref() == Some(p.topic.as_str()) {
+            // A wasm32 memory is at most 4 GiB; a call longer than ten minutes holds its
+            // partition (and a rebalance) hostage.
+            let l = &p.limits;
+            in_range(l.memory_mib, 2, 4096, "MiB")
+                .map_err(|m| invalid(i, "limits.memory_mib", m))?;
+            in_range(l.deadline_ms, 1, 600_000, "ms")
+                .map_err(|m| invalid(i, "limits.deadline_ms", m))?;
+            in_range(l.max_rows_per_message, 1, 1_000_000, "rows")
+                .map_err(|m| invalid(i, "limits.max_rows_per_message", m))?;
+            let b = &p.batch;
+            in_range(b.max_rows, 1, 10_000_000, "rows")
+                .map_err(|m| invalid(i, "batch.max_rows", m))?;
+            in_range(b.max_bytes, 1, 1 << 30, "bytes")
+                .map_err(|m| invalid(i, "batch.max_bytes", m))?;
+            in_range(b.max_age_ms, 1, 3_600_000, "ms")
+                .map_err(|m| invalid(i, "batch.max_age_ms", m))?;
+        }
+        // A dead-letter topic that a pipeline reads would feed its letters back in (two
+        // pipelines reading each other's letters bounced 2 bad records into 162 in 20 s).
+        for (i, p) in self.pipelines.iter().enumerate() {
+            if let Some(dlq) = p.dead_letter_topic.as_deref()
+                && topics.contains(dlq)
+            {
                 return Err(invalid(
                     i,
                     "dead_letter_topic",
-                    "must differ from the topic (dead letters would be consumed again)".into(),
+                    format!(
+                        "`{dlq}` is the input topic of a pipeline (dead letters would be consumed again); use a topic no pipeline reads"
+                    ),
                 ));
             }
         }
+        let at = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let r = &self.runtime;
+        in_range(r.workers, 0, 256, "workers (0: one per core)")
+            .map_err(|m| at("runtime.workers", m))?;
+        in_range(r.queue_messages, 64, 10_000_000, "messages")
+            .map_err(|m| at("runtime.queue_messages", m))?;
+        in_range(r.queue_bytes, 1 << 20, 16 << 30, "bytes")
+            .map_err(|m| at("runtime.queue_bytes", m))?;
+        in_range(r.shutdown_timeout_s, 1, 3600, "seconds")
+            .map_err(|m| at("runtime.shutdown_timeout_s", m))?;
+        in_range(r.commit_interval_ms, 10, 3_600_000, "ms")
+            .map_err(|m| at("runtime.commit_interval_ms", m))?;
+        let rl = &self.reload;
+        fraction(rl.rollback_error_rate).map_err(|m| at("reload.rollback_error_rate", m))?;
+        fraction(rl.shadow_max_new_failures)
+            .map_err(|m| at("reload.shadow_max_new_failures", m))?;
+        in_range(rl.shadow_messages, 0, 100_000, "messages")
+            .map_err(|m| at("reload.shadow_messages", m))?;
+        in_range(rl.debounce_ms, 0, 60_000, "ms").map_err(|m| at("reload.debounce_ms", m))?;
         Ok(())
     }
 
@@ -348,12 +374,6 @@ impl Config {
                 "must not be empty (or set KAFKA_GROUP_ID)",
             ));
         }
-        if self.runtime.queue_messages == 0 || self.runtime.queue_bytes == 0 {
-            return Err(invalid(
-                "runtime",
-                "queue_messages and queue_bytes must be greater than 0",
-            ));
-        }
         for reserved in ["group.id", "bootstrap.servers", "enable.auto.commit"] {
             if self.kafka.properties.contains_key(reserved) {
                 return Err(invalid(
@@ -369,6 +389,31 @@ impl Config {
     pub fn pipeline_for_topic(&self, topic: &str) -> Option<&PipelineConfig> {
         self.pipelines.iter().find(|p| p.topic == topic)
     }
+}
+
+/// `value` within `lo..=hi`, or the message that says the allowed range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    value: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<(), String> {
+    if value < lo || value > hi {
+        return Err(format!(
+            "{value} is out of range: allowed {lo} to {hi} {unit}"
+        ));
+    }
+    Ok(())
+}
+
+/// A fraction: a finite number from 0 to 1.
+fn fraction(value: f64) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!(
+            "{value} is out of range: allowed 0 to 1 (a fraction)"
+        ));
+    }
+    Ok(())
 }
 
 /// Interpret a `transform` value: a path when it ends in `.wasm` or contains a path
@@ -418,6 +463,87 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+    }
+
+    /// Settings that broke a run (found by an adversarial run) are refused by `check` and
+    /// `run` with the key and the allowed range.
+    #[test]
+    fn settings_that_break_a_run_are_refused_with_their_range() {
+        let pipe = "[[pipelines]]\ntopic='a'\ntransform='raw-logs'\n";
+        for (text, key) in [
+            (
+                "[runtime]\nshutdown_timeout_s = 0\n",
+                "runtime.shutdown_timeout_s",
+            ),
+            ("[runtime]\nqueue_messages = 1\n", "runtime.queue_messages"),
+            ("[runtime]\nworkers = 2000\n", "runtime.workers"),
+            ("[runtime]\nqueue_bytes = 10\n", "runtime.queue_bytes"),
+            (
+                "[runtime]\ncommit_interval_ms = 0\n",
+                "runtime.commit_interval_ms",
+            ),
+            (
+                "[reload]\nrollback_error_rate = nan\n",
+                "reload.rollback_error_rate",
+            ),
+            (
+                "[reload]\nrollback_error_rate = 1.5\n",
+                "reload.rollback_error_rate",
+            ),
+            (
+                "[reload]\nshadow_max_new_failures = -0.1\n",
+                "reload.shadow_max_new_failures",
+            ),
+            (
+                "[reload]\nshadow_messages = 100000000\n",
+                "reload.shadow_messages",
+            ),
+            (
+                "[pipelines.limits]\nmax_rows_per_message = 0\n",
+                "pipelines[0].limits.max_rows_per_message",
+            ),
+            (
+                "[pipelines.limits]\nmemory_mib = 18446744073709551615\n",
+                "pipelines[0].limits.memory_mib",
+            ),
+            (
+                "[pipelines.limits]\ndeadline_ms = 18446744073709551615\n",
+                "pipelines[0].limits.deadline_ms",
+            ),
+            (
+                "[pipelines.batch]\nmax_age_ms = 0\n",
+                "pipelines[0].batch.max_age_ms",
+            ),
+        ] {
+            // Table headers after the pipeline entry apply to it (or are top-level sections).
+            let text = if text.starts_with("[pipelines.") {
+                format!("{pipe}{text}")
+            } else {
+                format!("{text}{pipe}")
+            };
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("allowed"),
+                "{text:?}: {err}"
+            );
+        }
+        // Two pipelines that dead-letter into each other's input.
+        let err = parse(
+            "[[pipelines]]\ntopic='a'\ntransform='raw-logs'\ndead_letter_topic='b'\n\
+             [[pipelines]]\ntopic='b'\ntransform='raw-logs'\ndead_letter_topic='a'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("dead_letter_topic") && err.contains("`b` is the input topic"),
+            "{err}"
+        );
+        // The shipped file and the edges of each range are fine.
+        parse(&format!(
+            "[runtime]\nworkers = 256\nqueue_messages = 64\nshutdown_timeout_s = 1\n\
+             [reload]\nrollback_error_rate = 1.0\n{pipe}[pipelines.limits]\nmemory_mib = 4096\n"
+        ))
+        .unwrap();
     }
 
     #[test]
