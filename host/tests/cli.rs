@@ -339,6 +339,36 @@ fn run_refuses_bad_config_with_the_key_named() {
     );
 }
 
+/// A malformed `.env` must stop the processor with the line, not drop what it holds (the
+/// VAST settings in it were silently ignored and `check` passed on the Parquet sink). The
+/// line's text, which may hold a secret, is not echoed.
+#[test]
+fn a_malformed_dotenv_line_is_an_error_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("pipelines.toml"),
+        dir.path().join("pipelines.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "VAST_ENDPOINT=http://127.0.0.1:1\nVAST_SECRET_KEY='s3cr3t-value\nVAST_BUCKET=b\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vast-processor"))
+        .arg("check")
+        .current_dir(dir.path())
+        .env_remove("VAST_ENDPOINT")
+        .env_remove("VAST_SECRET_KEY")
+        .env_remove("VAST_BUCKET")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}{}", text(&out.stdout));
+    assert!(err.contains(".env: line 2"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+}
+
 #[test]
 fn a_dotenv_file_in_the_working_directory_is_read() {
     let dir = tempfile::tempdir().unwrap();

@@ -111,7 +111,10 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     // Like the Python processor: a .env file in the working directory sets variables that
     // are not already set.
-    let _ = dotenvy::dotenv();
+    if let Err(e) = load_dotenv() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let cache = if cli.no_cache {
         None
     } else {
@@ -153,6 +156,30 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", chain(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// Read `./.env` (variables already set win). A missing file is fine; a malformed one is an
+/// error naming its line, never a silent fallback (it used to drop the VAST settings in it,
+/// so the processor quietly started with the Parquet sink). The line's text is not shown: it
+/// may hold a secret.
+fn load_dotenv() -> Result<(), String> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(dotenvy::Error::LineParse(line, _)) => {
+            let text = std::fs::read_to_string(".env").unwrap_or_default();
+            // The parser's "line" may run over several (an unclosed quote): where it starts.
+            let start = line.lines().next().unwrap_or_default().trim();
+            let number = text
+                .lines()
+                .position(|l| !start.is_empty() && l.trim() == start)
+                .map_or_else(|| "a line".to_string(), |i| format!("line {}", i + 1));
+            Err(format!(
+                ".env: {number} is not KEY=VALUE (quote values with spaces or special characters); nothing was loaded from it"
+            ))
+        }
+        Err(e) => Err(format!(".env: {e}")),
     }
 }
 
