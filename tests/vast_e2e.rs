@@ -217,3 +217,94 @@ fn wrong_credentials_stop_the_processor_at_startup_with_a_clear_message() {
         "a secret was printed:\n{log}"
     );
 }
+
+/// An OTLP metrics request of one gauge whose description is `description`, gzipped: a
+/// small record that becomes one huge row.
+fn gauge_with_description(description: String) -> Vec<u8> {
+    use std::io::Write;
+    use vast_transform_sdk::otlp::metrics as pb;
+    let req = pb::ExportMetricsServiceRequest {
+        resource_metrics: vec![pb::ResourceMetrics {
+            resource: Some(pb::Resource {
+                attributes: vec![pb::KeyValue::string("host.name", "pg-1")],
+            }),
+            scope_metrics: vec![pb::ScopeMetrics {
+                metrics: vec![pb::Metric {
+                    name: "postgresql.backends".into(),
+                    description,
+                    unit: "1".into(),
+                    data: Some(pb::Data::Gauge(pb::Gauge {
+                        data_points: vec![pb::NumberDataPoint {
+                            attributes: vec![],
+                            start_time_unix_nano: 0,
+                            time_unix_nano: 1_760_457_600_000_000_000,
+                            value: Some(pb::NumberValue::AsInt(3)),
+                        }],
+                    })),
+                }],
+            }],
+        }],
+    };
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&prost::Message::encode_to_vec(&req)).unwrap();
+    e.finish().unwrap()
+}
+
+/// One row over the VAST insert limit stopped every pipeline on every restart ("one row
+/// serializes to ... over the insert limit", lag 100/100). It is dead-lettered instead
+/// (class `contract`, with its size), the other records land, and the offsets reach the end.
+#[test]
+fn one_oversized_row_is_dead_lettered_and_the_rest_lands() {
+    let broker = Broker::start();
+    broker.create_topic("otel-metrics", 1);
+    broker.create_topic("otel-metrics-dlq", 1);
+    let mut records = generated("otel-metrics", 99, 0, 23);
+    let big = gauge_with_description("A".repeat(5_000_000));
+    assert!(
+        big.len() < 64 * 1024,
+        "the record itself is small ({} B)",
+        big.len()
+    );
+    records.insert(50, (None, big));
+    let produced = produce(&broker.addr, "otel-metrics", &records);
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = test_config(&broker, "e2e-big-row", &["otel-metrics"], "");
+    let mut p = Processor::start_with_env(
+        VP,
+        dir.path(),
+        &cfg,
+        &data,
+        &["--stop-after-idle", "3"],
+        &vast_env(&sim, SECRET),
+    );
+    assert!(
+        p.wait(Duration::from_secs(120)).success(),
+        "{}",
+        p.log_text()
+    );
+    let points = vast_processor::generate::POINTS_PER_METRICS_RECORD;
+    assert_eq!(sim_rows(&sim, "metrics").len(), 99 * points);
+    let letters = read_topic(
+        &broker.addr,
+        "otel-metrics-dlq",
+        1,
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0];
+    assert_eq!(l.headers["x-vast-error-class"], "contract");
+    assert_eq!(l.headers["x-vast-source-offset"], "50");
+    let error = &l.headers["x-vast-error"];
+    assert!(
+        error.contains("limits.max_row_bytes") && error.contains("bytes"),
+        "{error}"
+    );
+    assert_eq!(
+        committed(&broker.addr, "e2e-big-row", "otel-metrics", 1),
+        end_offsets(&produced)
+    );
+    assert_eq!(sim.open_transactions(), 0);
+}

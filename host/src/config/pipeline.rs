@@ -75,6 +75,9 @@ pub struct TableSpec {
     pub key: Option<String>,
 }
 
+/// The largest `limits.max_row_bytes`: a row must fit one VAST insert request (4.5 MiB).
+pub const MAX_ROW_BYTES: usize = 4 << 20;
+
 /// Limits applied to every instance of a pipeline's transform.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -85,6 +88,10 @@ pub struct Limits {
     pub deadline_ms: u64,
     /// Most rows one message may produce; more is a failure of that message.
     pub max_rows_per_message: usize,
+    /// Largest row (its text columns, about as the sinks store it); a larger row is a
+    /// contract failure of its message (dead-lettered). The default keeps a row within one
+    /// VAST insert request (4.5 MiB) with room for the lineage columns and framing.
+    pub max_row_bytes: usize,
 }
 
 impl Default for Limits {
@@ -93,6 +100,7 @@ impl Default for Limits {
             memory_mib: 64,
             deadline_ms: 2_000,
             max_rows_per_message: 10_000,
+            max_row_bytes: MAX_ROW_BYTES,
         }
     }
 }

@@ -190,6 +190,37 @@ impl RowRef<'_> {
         id.filter(|s| !s.is_empty())
     }
 
+    /// About how many bytes the row takes as the sinks store it: its text columns, tags as
+    /// their JSON object, and a fixed part for the numbers and lineage. An upper-bound check
+    /// (`limits.max_row_bytes`), not an exact size.
+    pub fn approx_bytes(&self) -> usize {
+        let opt = |s: Option<&str>| s.map_or(0, str::len);
+        let tags = |t: &Tags<'_>| t.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+        256 + match self {
+            RowRef::Event(e) => {
+                e.entity_id.len()
+                    + e.event_type.len()
+                    + e.source.len()
+                    + e.environment.len()
+                    + e.message.len()
+                    + tags(&e.tags)
+                    + e.attributes.len()
+                    + opt(e.trace_id)
+                    + opt(e.id)
+            }
+            RowRef::Metric(m) => {
+                m.metric_name.len()
+                    + m.entity_id.len()
+                    + m.source.len()
+                    + m.environment.len()
+                    + opt(m.unit)
+                    + tags(&m.tags)
+                    + m.metadata.len()
+                    + opt(m.id)
+            }
+        }
+    }
+
     /// Check what the host cannot store: `attributes`/`metadata` must be JSON objects.
     pub fn check(&self) -> Result<(), String> {
         match self {

@@ -213,6 +213,31 @@ pub fn event(c: &wit::Events, i: usize) -> EventRef<'_> {
     }
 }
 
+/// The text bytes of every string column of `o`: no row of it can be larger.
+pub fn text_bytes(o: &wit::Output) -> usize {
+    let s = |c: &wit::Strings| c.text.len();
+    let t = |c: &wit::Tags| c.keys.text.len() + c.values.text.len() + 6 * c.keys.ends.len();
+    let e = &o.events;
+    let m = &o.metrics;
+    s(&e.entity_id)
+        + s(&e.event_type)
+        + s(&e.source)
+        + s(&e.environment)
+        + s(&e.message)
+        + t(&e.tags)
+        + s(&e.attributes)
+        + s(&e.trace_id.values)
+        + s(&e.id.values)
+        + s(&m.metric_name)
+        + s(&m.entity_id)
+        + s(&m.source)
+        + s(&m.environment)
+        + s(&m.unit.values)
+        + t(&m.tags)
+        + s(&m.metadata)
+        + s(&m.id.values)
+}
+
 /// The `attributes` of event row `i` (all the host checks of a row's content).
 pub fn event_attributes(c: &wit::Events, i: usize) -> &str {
     col(&c.attributes).get(i)

@@ -58,6 +58,9 @@ enum Slot {
 #[derive(Default)]
 struct RowStore {
     outputs: Vec<abi_v2::Output>,
+    /// Per output, its text bytes ([`abi_v2::text_bytes`]): rows of a small output need no
+    /// size check.
+    output_bytes: Vec<usize>,
     owned: Vec<Row>,
     slots: Vec<Slot>,
 }
@@ -70,6 +73,7 @@ impl RowStore {
     /// Forget what was added since `mark` (a call whose outcomes are discarded).
     fn reset(&mut self, (outputs, owned, slots): (usize, usize, usize)) {
         self.outputs.truncate(outputs);
+        self.output_bytes.truncate(outputs);
         self.owned.truncate(owned);
         self.slots.truncate(slots);
     }
@@ -89,6 +93,19 @@ impl RowStore {
     }
 
     /// [`RowRef::check`] of one row, reading only the column it checks.
+    /// The row's size ([`RowRef::approx_bytes`]), or 0 when it comes from an output too
+    /// small to hold a row over `max` (then it is not measured).
+    fn row_bytes(&self, slot: Slot, max: usize) -> usize {
+        match slot {
+            Slot::Event { out, .. } | Slot::Metric { out, .. }
+                if self.output_bytes[out as usize] + 256 <= max =>
+            {
+                0
+            }
+            _ => self.row(slot).approx_bytes(),
+        }
+    }
+
     fn check(&self, slot: Slot) -> Result<(), String> {
         match slot {
             Slot::Event { out, i } => check_object(
@@ -168,6 +185,7 @@ impl RowStore {
                 }
             })
             .collect();
+        self.output_bytes.push(abi_v2::text_bytes(&output));
         self.outputs.push(output);
         results
     }
@@ -548,9 +566,16 @@ impl TransformInstance {
                 self.settings.limits.max_rows_per_message
             ));
         }
+        let max_bytes = self.settings.limits.max_row_bytes;
         for (index, &slot) in store.slots[span.start..span.end].iter().enumerate() {
             if let Err(reason) = store.check(slot) {
                 return contract(format!("row {index}: {reason}"));
+            }
+            let bytes = store.row_bytes(slot, max_bytes);
+            if bytes > max_bytes {
+                return contract(format!(
+                    "row {index} is about {bytes} bytes, over the limit of {max_bytes} bytes per row (limits.max_row_bytes; a row must fit one sink write)"
+                ));
             }
         }
         MessageResult::Rows(span)
