@@ -229,3 +229,49 @@ fn the_processor_reconnects_after_the_broker_restarts() {
         p.log_text()
     );
 }
+
+/// A dead letter over the producer's `message.max.bytes` (a 999,910-byte malformed record
+/// plus the error headers) was retried as temporary forever: lag stayed 100/100, the good
+/// rows were written but never committed. It is fitted instead: the whole letter in the
+/// dead-letter files, a copy with its value cut (and headers saying so) on the topic, and
+/// the partition moves on.
+#[test]
+fn a_dead_letter_too_large_for_the_topic_is_cut_to_fit_and_kept_whole_in_files() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 1);
+    broker.create_topic("raw-logs-dlq", 1);
+    let mut records = generated("raw-logs", 99, 0, 41);
+    let mut big = b"{\"not json".to_vec();
+    big.resize(999_910, b'x');
+    records.insert(40, (None, big));
+    let produced = produce(&broker.addr, "raw-logs", &records);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = test_config(&broker, "e2e-big-letter", &["raw-logs"], "");
+    let mut p = Processor::start(VP, dir.path(), &cfg, &data, &["--stop-after-idle", "3"]);
+    assert!(
+        p.wait(Duration::from_secs(120)).success(),
+        "{}",
+        p.log_text()
+    );
+    assert_eq!(rows(&data, Table::Events).len(), 99);
+    assert_eq!(
+        committed(&broker.addr, "e2e-big-letter", "raw-logs", 1),
+        end_offsets(&produced)
+    );
+    let letters = read_topic(&broker.addr, "raw-logs-dlq", 1, 1, Duration::from_secs(20));
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0];
+    assert_eq!(l.headers["x-vast-truncated-value-bytes"], "999910");
+    assert_eq!(l.headers["x-vast-source-offset"], "40");
+    assert!(l.payload.len() < 999_910 && l.payload.starts_with(b"{\"not json"));
+    let files = vast_processor::sink::deadletter::read_dead_letter_files(&data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let whole = files[0]["value_base64"].as_str().unwrap();
+    assert_eq!(
+        whole.len(),
+        999_910_usize.div_ceil(3) * 4,
+        "the whole value, base64"
+    );
+    assert_eq!(files[0]["source_offset"], 40);
+}

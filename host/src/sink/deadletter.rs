@@ -12,6 +12,7 @@ use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{DeliveryResult, Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +46,59 @@ pub struct DeadLetter {
     pub offset: i64,
 }
 
+/// Header on a dead-letter record whose value was cut to fit the topic: the original size.
+pub const H_TRUNCATED: &str = "x-vast-truncated-value-bytes";
+/// Header on such a record: where the whole letter is (the dead-letter files).
+pub const H_FULL_LETTER: &str = "x-vast-full-letter";
+/// librdkafka's default `message.max.bytes`, the producer's limit unless configured.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Most bytes of the error text in a header (a guest's `fail` reason can be megabytes).
+const MAX_ERROR_HEADER: usize = 8 * 1024;
+
 impl DeadLetter {
+    /// About the bytes the record takes against `message.max.bytes`.
+    fn record_bytes(&self) -> usize {
+        let headers: usize = self
+            .all_headers()
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum();
+        self.value.len() + self.key.as_ref().map_or(0, Vec::len) + headers + 512
+    }
+
+    /// A copy that fits in `max` bytes: the error text cut to [`MAX_ERROR_HEADER`], the value
+    /// cut to what is left, with headers saying so. `None` when it fits as it is.
+    fn fitted(&self, max: usize) -> Option<DeadLetter> {
+        if self.record_bytes() <= max && self.error.len() <= MAX_ERROR_HEADER {
+            return None;
+        }
+        let mut l = self.clone();
+        if l.error.len() > MAX_ERROR_HEADER {
+            let mut cut = MAX_ERROR_HEADER;
+            while !l.error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            l.error.truncate(cut);
+            l.error.push_str(" [error text truncated]");
+        }
+        let original = l.value.len();
+        l.headers.push(Header {
+            key: H_TRUNCATED.into(),
+            value: Some(original.to_string().into_bytes()),
+        });
+        l.headers.push(Header {
+            key: H_FULL_LETTER.into(),
+            value: Some(b"dead-letter files".to_vec()),
+        });
+        let overhead = l.record_bytes() - original;
+        l.value.truncate(max.saturating_sub(overhead));
+        if l.value.len() == original {
+            // Only the error text was cut: no value header needed.
+            l.headers.truncate(l.headers.len() - 2);
+        }
+        Some(l)
+    }
+
     /// The headers of the dead-letter record: the original ones, then ours.
     pub fn all_headers(&self) -> Vec<(String, Vec<u8>)> {
         let mut h: Vec<(String, Vec<u8>)> = self
@@ -107,7 +160,16 @@ impl DeadLetterError {
 /// Records delivery failures by the index passed as the message opaque.
 #[derive(Default)]
 pub struct DeliveryTracker {
-    failures: Mutex<Vec<(usize, String)>>,
+    failures: Mutex<Vec<(usize, Option<RDKafkaErrorCode>, String)>>,
+}
+
+impl DeliveryTracker {
+    fn fail(&self, idx: usize, e: &rdkafka::error::KafkaError) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((idx, e.rdkafka_error_code(), e.to_string()));
+    }
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -116,10 +178,7 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = Box<usize>;
     fn delivery(&self, result: &DeliveryResult<'_>, idx: Self::DeliveryOpaque) {
         if let Err((e, _)) = result {
-            self.failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((*idx, e.to_string()));
+            self.fail(*idx, e);
         }
     }
 }
@@ -131,13 +190,21 @@ pub struct DeadLetterWriter {
     dir: PathBuf,
     seq: AtomicU64,
     timeout: Duration,
+    /// The producer's `message.max.bytes`: a larger letter is fitted (see `write`).
+    max_message_bytes: usize,
 }
 
 impl DeadLetterWriter {
     /// A writer; `kafka` is needed only when some pipeline has a dead-letter topic (the
     /// producer is created on first use).
     pub fn new(kafka: Option<KafkaConfig>, data_dir: PathBuf) -> Self {
+        let max_message_bytes = kafka
+            .as_ref()
+            .and_then(|k| k.properties.get("message.max.bytes"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         DeadLetterWriter {
+            max_message_bytes,
             producer: None,
             kafka,
             dir: data_dir.join("dead_letter"),
@@ -176,19 +243,50 @@ impl DeadLetterWriter {
 
     /// Write all `letters`; returns only when every one is acknowledged (Kafka) or fsynced
     /// (files). On error nothing may be assumed written: the caller retries the whole call.
+    ///
+    /// A letter over the producer's `message.max.bytes` (a huge record, a huge `fail` reason)
+    /// would be refused by the broker on every retry and hold its partition forever: it is
+    /// written whole to the dead-letter files, and to the topic with its value cut to fit
+    /// (headers [`H_TRUNCATED`] and [`H_FULL_LETTER`]). A letter the broker still refuses as
+    /// too large (a topic with a lower limit) goes to the files alone.
     pub fn write(&mut self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
-        let (to_kafka, to_file): (Vec<_>, Vec<_>) =
+        let (to_kafka, mut to_file): (Vec<_>, Vec<_>) =
             letters.iter().partition(|l| l.dlq_topic.is_some());
+        let fitted: Vec<Option<DeadLetter>> = to_kafka
+            .iter()
+            .map(|l| l.fitted(self.max_message_bytes))
+            .collect();
+        let mut kafka: Vec<&DeadLetter> = Vec::with_capacity(to_kafka.len());
+        for (l, f) in to_kafka.iter().zip(&fitted) {
+            match f {
+                Some(f) => {
+                    tracing::warn!(topic = %l.topic, partition = l.partition, offset = l.offset, bytes = l.value.len(), limit = self.max_message_bytes, "dead letter over message.max.bytes: the whole letter goes to the dead-letter files, a cut copy to the topic");
+                    to_file.push(l);
+                    kafka.push(f);
+                }
+                None => kafka.push(l),
+            }
+        }
         if !to_file.is_empty() {
             self.write_files(&to_file)?;
         }
-        if !to_kafka.is_empty() {
-            self.write_kafka(&to_kafka)?;
+        if !kafka.is_empty() {
+            let too_large = self.write_kafka(&kafka)?;
+            if !too_large.is_empty() {
+                let refused: Vec<&DeadLetter> = too_large.iter().map(|&i| kafka[i]).collect();
+                tracing::warn!(
+                    letters = refused.len(),
+                    "the broker refused dead letters as too large: they go to the dead-letter files"
+                );
+                self.write_files(&refused)?;
+            }
         }
         Ok(())
     }
 
-    fn write_kafka(&mut self, letters: &[&DeadLetter]) -> Result<(), DeadLetterError> {
+    /// Produce `letters`; `Ok` holds the indices the broker refused as too large (the only
+    /// failure that retrying cannot fix).
+    fn write_kafka(&mut self, letters: &[&DeadLetter]) -> Result<Vec<usize>, DeadLetterError> {
         let timeout = self.timeout;
         let producer = self.producer()?;
         producer
@@ -221,12 +319,15 @@ impl DeadLetterWriter {
                 match producer.send(record) {
                     Ok(()) => break,
                     Err((e, r)) => {
-                        if matches!(
-                            e.rdkafka_error_code(),
-                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ) {
+                        if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull)) {
                             producer.poll(Duration::from_millis(50));
                             record = r;
+                        } else if e.rdkafka_error_code()
+                            == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                        {
+                            // Refused locally: the same as the broker refusing it.
+                            producer.context().fail(idx, &e);
+                            break;
                         } else {
                             return Err(DeadLetterError::Kafka {
                                 topic: topic.into(),
@@ -252,14 +353,17 @@ impl DeadLetterWriter {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        if let Some((idx, msg)) = failures.first() {
+        let (too_large, failures): (Vec<_>, Vec<_>) = failures
+            .into_iter()
+            .partition(|(_, code, _)| *code == Some(RDKafkaErrorCode::MessageSizeTooLarge));
+        if let Some((idx, _, msg)) = failures.first() {
             return Err(DeadLetterError::Undelivered {
                 topic: letters[*idx].dlq_topic.clone().unwrap_or_default(),
                 count: failures.len(),
                 first: msg.clone(),
             });
         }
-        Ok(())
+        Ok(too_large.into_iter().map(|(i, _, _)| i).collect())
     }
 
     fn write_files(&self, letters: &[&DeadLetter]) -> Result<(), DeadLetterError> {
@@ -364,6 +468,33 @@ mod tests {
             partition: 2,
             offset: 9,
         }
+    }
+
+    /// A 2 MiB `fail` reason, or a value near the limit, is fitted under `message.max.bytes`
+    /// with headers saying what was cut; a small letter is left as it is.
+    #[test]
+    fn letters_over_the_message_limit_are_fitted() {
+        let small = letter();
+        assert!(small.fitted(DEFAULT_MESSAGE_MAX_BYTES).is_none());
+        let mut huge_reason = letter();
+        huge_reason.error = "é".repeat(1 << 20);
+        let f = huge_reason.fitted(DEFAULT_MESSAGE_MAX_BYTES).unwrap();
+        assert!(
+            f.error.len() < MAX_ERROR_HEADER + 64 && f.error.ends_with("[error text truncated]")
+        );
+        assert_eq!(f.value, huge_reason.value, "the value fitted already");
+        assert!(f.record_bytes() <= DEFAULT_MESSAGE_MAX_BYTES);
+        let mut huge_value = letter();
+        huge_value.value = vec![b'x'; 999_910];
+        let f = huge_value.fitted(DEFAULT_MESSAGE_MAX_BYTES).unwrap();
+        assert!(f.record_bytes() <= DEFAULT_MESSAGE_MAX_BYTES);
+        assert!(!f.value.is_empty() && f.value.len() < 999_910);
+        let h: Vec<_> = f.all_headers();
+        assert!(
+            h.contains(&(H_TRUNCATED.into(), b"999910".to_vec())),
+            "{h:?}"
+        );
+        assert!(h.iter().any(|(k, _)| k == H_FULL_LETTER));
     }
 
     #[test]
