@@ -395,3 +395,72 @@ fn https_with_a_custom_ca_file() {
         .unwrap();
     assert!(err.to_string().contains("make.sh"), "{err}");
 }
+
+fn sink_config(sim: &Simulator) -> vast_processor::config::VastSinkConfig {
+    vast_processor::config::VastSinkConfig {
+        endpoint: Some(sim.endpoint()),
+        access_key: Some("AK".into()),
+        secret_key: Some(SECRET.into()),
+        bucket: Some("vastdb".into()),
+        ..Default::default()
+    }
+}
+
+/// Two processors starting on an empty VAST raced to create the schema: the second got 409
+/// "... is locked by another transaction", "cannot prepare tables", exit 2. Preparing the
+/// tables retries a conflict with backoff and re-reads the state.
+#[test]
+fn preparing_the_tables_retries_a_conflict_and_two_starts_both_succeed() {
+    let sim = sim();
+    sim.add_fault(Fault {
+        method: Some("PUT".into()),
+        command: Some("transaction".into()),
+        kind: FaultKind::Status(409, "Conflict".into()),
+        count: Some(1),
+        until: None,
+    });
+    let dir = std::path::Path::new(".");
+    VastSink::build(&sink_config(&sim), dir, true).unwrap();
+    assert_eq!(sim.open_transactions(), 0);
+
+    // Two at once on another empty database: both start.
+    let other = self::sim();
+    let cfg = sink_config(&other);
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                VastSink::build(&cfg, std::path::Path::new("."), true).map(|_| ())
+            })
+        })
+        .collect();
+    for s in starts {
+        s.join().unwrap().unwrap();
+    }
+    assert_eq!(other.open_transactions(), 0);
+}
+
+/// After a commit answered 409 no rollback was sent (insert 200, commit 409, nothing more):
+/// the transaction stayed open on the server. Every failed transaction is rolled back.
+#[test]
+fn a_failed_commit_is_rolled_back() {
+    let sim = sim();
+    let sink = bootstrapped(&sim);
+    sim.add_fault(Fault {
+        method: Some("PUT".into()),
+        command: Some("transaction".into()),
+        kind: FaultKind::Status(409, "Conflict".into()),
+        count: Some(1),
+        until: None,
+    });
+    let err = sink.write(&events(&["a"])).unwrap_err();
+    assert!(err.is_retriable(), "{err}");
+    assert_eq!(sim.open_transactions(), 0, "{:#?}", sim.log());
+    assert!(
+        sim.log().last().is_some_and(|l| l.starts_with("DELETE")),
+        "{:#?}",
+        sim.log()
+    );
+    sink.write(&events(&["a"])).unwrap();
+    assert_eq!(ids(&sim, "events"), ["a"]);
+}

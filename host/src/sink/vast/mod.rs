@@ -75,6 +75,9 @@ fn classify(e: VastError) -> SinkError {
     }
 }
 
+/// Attempts at preparing the tables when the sink is built (about 10 s of backoff in all).
+const BOOTSTRAP_ATTEMPTS: u32 = 8;
+
 /// Why the VAST sink could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -142,11 +145,12 @@ impl VastSink {
     pub fn build(c: &VastSinkConfig, base_dir: &Path, lineage: bool) -> Result<Self, BuildError> {
         let conn = Connection::from_config(c, base_dir)?;
         let sink = conn.connect(lineage)?;
-        sink.bootstrap().map_err(|source| BuildError::Bootstrap {
-            bucket: conn.bucket.clone(),
-            schema: conn.schema.clone(),
-            source: Box::new(source),
-        })?;
+        sink.bootstrap_retrying(BOOTSTRAP_ATTEMPTS)
+            .map_err(|source| BuildError::Bootstrap {
+                bucket: conn.bucket.clone(),
+                schema: conn.schema.clone(),
+                source: Box::new(source),
+            })?;
         Ok(sink)
     }
 
@@ -175,6 +179,25 @@ impl VastSink {
     /// The connected client.
     pub fn client(&self) -> &VastClient {
         &self.client
+    }
+
+    /// [`VastSink::bootstrap`], retried with backoff (100 ms doubling to 2 s) on retriable
+    /// errors, up to `attempts` in all. Two processors starting on an empty database race to
+    /// create the schema and tables, and the loser's commit is a 409: its next attempt, a
+    /// new transaction, reads what the winner created.
+    pub fn bootstrap_retrying(&self, attempts: u32) -> Result<(), VastError> {
+        let mut delay = std::time::Duration::from_millis(100);
+        for attempt in 1.. {
+            match self.bootstrap() {
+                Err(e) if e.is_retriable() && attempt < attempts => {
+                    tracing::warn!(attempt, error = %e, "preparing the VAST tables failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                result => return result,
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// Make sure the schema and both tables exist with every column the processor writes,
@@ -334,8 +357,12 @@ impl Sink for VastSink {
                 Ok(())
             }
             Err(e) => {
-                // A commit whose answer was lost may have been applied: redoing the flush can
+                // A failed commit (a 409, a 5xx) leaves the transaction open on the server:
+                // roll it back (best effort, one request within the client's timeouts; a
+                // commit that did apply answers the rollback with an error, ignored). A
+                // commit whose answer was lost may have been applied: redoing the flush can
                 // duplicate rows, which `id` de-duplicates (at-least-once).
+                let _ = self.client.rollback(tx);
                 self.ready.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 Err(classify(e))
             }
