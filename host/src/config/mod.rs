@@ -169,7 +169,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: redact_excerpt(&e.to_string()),
         })?;
         config.base_dir = base_dir;
         config.validate(path)?;
@@ -393,6 +393,51 @@ impl Config {
     }
 }
 
+/// Words in a key that mark its value as a secret (`secret_key`, `sasl.password`, ...).
+const SECRET_WORDS: [&str; 7] = [
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "key",
+    "credential",
+    "sasl",
+];
+
+/// A TOML error's excerpt of the file with the values of secret-looking keys replaced: an
+/// error on the secret's own line (an unterminated string) used to echo it. A line is
+/// redacted when its key looks secret, or when it holds no key (a continuation of a value).
+fn redact_excerpt(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| {
+            // Excerpt lines look like `12 | key = "value"`.
+            let Some((gutter, code)) = line.split_once(" | ") else {
+                return line.to_string();
+            };
+            if !gutter.trim().chars().all(|c| c.is_ascii_digit()) || gutter.trim().is_empty() {
+                return line.to_string();
+            }
+            let redacted = match code.split_once('=') {
+                Some((key, _)) => {
+                    let key = key.to_ascii_lowercase();
+                    if SECRET_WORDS.iter().any(|w| key.contains(w)) {
+                        format!("{}= <redacted>", &code[..key.len()])
+                    } else {
+                        code.to_string()
+                    }
+                }
+                None if code.trim_start().starts_with('[') || code.trim().is_empty() => {
+                    code.to_string()
+                }
+                None => "<redacted>".to_string(),
+            };
+            format!("{gutter} | {redacted}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `value` within `lo..=hi`, or the message that says the allowed range.
 fn in_range<T: PartialOrd + std::fmt::Display>(
     value: T,
@@ -546,6 +591,27 @@ mod tests {
              [reload]\nrollback_error_rate = 1.0\n{pipe}[pipelines.limits]\nmemory_mib = 4096\n"
         ))
         .unwrap();
+    }
+
+    /// A TOML error on a secret's own line echoed the secret (`secret_kee = "<secret>`, an
+    /// unterminated string); the excerpt keeps the line but not the value.
+    #[test]
+    fn config_errors_do_not_echo_secrets() {
+        for text in [
+            "[sink]\nkind = 'vast'\nsecret_kee = \"hunter2-value\n",
+            "[sink]\nkind = 'vast'\nsecret_key = \"hunter2-value\nbucket = 'b'\n",
+            "[kafka.properties]\n\"sasl.password\" = \"hunter2-value\n",
+            "[sink]\nkind = 'vast'\nsecret_key = 'hunter2-value'\nendpoint = \n",
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{text:?}: {err}");
+            assert!(err.contains("invalid config file"), "{err}");
+        }
+        // Other lines stay readable.
+        let err = parse("[kafka]\nbootstrap_servers = \"k:9092\ngroup_id = 'g'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap_servers"), "{err}");
     }
 
     #[test]

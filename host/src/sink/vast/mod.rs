@@ -98,6 +98,18 @@ pub enum BuildError {
     },
 }
 
+/// `url` without a `user:password@` part, the form that may be printed.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// What a connection needs, from `[sink]` and the environment.
 pub struct Connection {
     pub config: VastConfig,
@@ -116,9 +128,15 @@ impl Connection {
         let access = need(&c.access_key, "access_key", "VAST_ACCESS_KEY")?;
         let secret = need(&c.secret_key, "secret_key", "VAST_SECRET_KEY")?;
         let bucket = need(&c.bucket, "bucket", "VAST_BUCKET")?;
+        let bare = without_userinfo(endpoint);
+        if bare != endpoint {
+            // SigV4 signs with the access and secret keys; a user:password in the URL is
+            // never used, and would be printed wherever the endpoint is.
+            tracing::warn!(endpoint = %bare, "sink.endpoint holds credentials (user:password@); they are ignored and not shown");
+        }
         Ok(Connection {
             config: VastConfig {
-                endpoint: endpoint.to_string(),
+                endpoint: bare,
                 credentials: sigv4::Credentials::new(access.to_string(), secret.to_string()),
                 ca_file: c.ca_file.as_ref().map(|p| base_dir.join(p)),
                 connect_timeout: Duration::from_millis(c.connect_timeout_ms),
@@ -385,5 +403,37 @@ impl Sink for VastSink {
                 },
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint with credentials in it was printed by `check` and "cannot reach VAST".
+    #[test]
+    fn endpoints_lose_their_userinfo_before_anything_can_print_them() {
+        assert_eq!(
+            without_userinfo("http://admin:hunter2@vast-vip:80/x?y=1"),
+            "http://vast-vip:80/x?y=1"
+        );
+        assert_eq!(without_userinfo("https://vast:443"), "https://vast:443");
+        assert_eq!(
+            without_userinfo("http://vast/path@not-userinfo"),
+            "http://vast/path@not-userinfo"
+        );
+        let c = VastSinkConfig {
+            endpoint: Some("http://u:hunter2@127.0.0.1:1".into()),
+            access_key: Some("AK".into()),
+            secret_key: Some("SK".into()),
+            bucket: Some("b".into()),
+            ..VastSinkConfig::default()
+        };
+        let conn = Connection::from_config(&c, Path::new(".")).unwrap();
+        assert_eq!(conn.config.endpoint, "http://127.0.0.1:1");
+        let Err(e) = conn.connect(true) else {
+            panic!("nothing listens there")
+        };
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }
