@@ -395,3 +395,29 @@ fn a_dotenv_file_in_the_working_directory_is_read() {
         "{err}"
     );
 }
+
+/// At start-up too, a transform path that is a FIFO is a clear error at once (reading it
+/// would block forever).
+#[test]
+fn a_fifo_as_the_transform_file_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("t.wasm");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path and a plain mode.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::fs::write(
+        dir.path().join("pipelines.toml"),
+        "[[pipelines]]\ntopic = \"t\"\ntransform = \"t.wasm\"\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_vast-processor"))
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("is not a regular file"), "{report}");
+}

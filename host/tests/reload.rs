@@ -201,3 +201,56 @@ fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
     );
     assert_eq!(team_tag(&live).as_deref(), Some("platform"));
 }
+
+/// Replacing the watched `.wasm` by a FIFO blocked the reload thread forever (later valid
+/// deploys were never evaluated); by a link to /dev/zero it filled memory; by a 2 GB sparse
+/// file it took 2 GB. Each is refused at once, and the next valid file is deployed.
+#[test]
+fn a_fifo_a_device_or_a_huge_file_is_refused_and_the_next_deploy_still_lands() {
+    let engine = TransformEngine::new(None).unwrap();
+    let good = engine
+        .load(
+            "raw-logs",
+            vast_processor::transform::loader::bundled_bytes("raw-logs").unwrap(),
+        )
+        .unwrap();
+    let live = LiveTransform::new(
+        "raw-logs",
+        good,
+        InstanceSettings::default(),
+        ReloadConfig::default(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.wasm");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path and a plain mode.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let zero = dir.path().join("zero.wasm");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let sparse = dir.path().join("sparse.wasm");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    for (file, why) in [
+        (&fifo, "not a regular file"),
+        (&zero, "not a regular file"),
+        (&sparse, "over the limit"),
+    ] {
+        let started = std::time::Instant::now();
+        vast_processor::transform::reload::reload_file(&live, file, &engine);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let last = live.last();
+        assert_eq!(last.result, "rejected", "{}", file.display());
+        assert!(
+            last.detail.contains(why),
+            "{}: {}",
+            file.display(),
+            last.detail
+        );
+    }
+    let next = dir.path().join("team.wasm");
+    std::fs::copy(vast_test_guests::TEAM_ENRICH_PATH, &next).unwrap();
+    vast_processor::transform::reload::reload_file(&live, &next, &engine);
+    assert_eq!(live.last().result, "accepted", "{:?}", live.last());
+}

@@ -150,7 +150,12 @@ pub fn run(
     err: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let (p, base) = pipeline(args)?;
-    let module = loader::load_transform(engine, &p.transform, Path::new(""))?;
+    let module = loader::load_transform(
+        engine,
+        &p.transform,
+        Path::new(""),
+        p.limits.max_component_bytes(),
+    )?;
     let settings = loader::instance_settings(&p, &base)?;
     let mut instance = TransformInstance::new(module.clone(), settings)?;
     let inputs = read_inputs(&args.input, args.format)?;

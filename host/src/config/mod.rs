@@ -210,6 +210,8 @@ impl Config {
                 .map_err(|m| invalid(i, "limits.max_rows_per_message", m))?;
             in_range(l.max_row_bytes, 1024, pipeline::MAX_ROW_BYTES, "bytes")
                 .map_err(|m| invalid(i, "limits.max_row_bytes", m))?;
+            in_range(l.max_component_mib, 1, 1024, "MiB")
+                .map_err(|m| invalid(i, "limits.max_component_mib", m))?;
             let b = &p.batch;
             in_range(b.max_rows, 1, 10_000_000, "rows")
                 .map_err(|m| invalid(i, "batch.max_rows", m))?;

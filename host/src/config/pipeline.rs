@@ -92,6 +92,9 @@ pub struct Limits {
     /// contract failure of its message (dead-lettered). The default keeps a row within one
     /// VAST insert request (4.5 MiB) with room for the lineage columns and framing.
     pub max_row_bytes: usize,
+    /// Largest `.wasm` file read for the transform, in MiB (a file is read whole into
+    /// memory; Python and JavaScript components are 12-20 MiB).
+    pub max_component_mib: u64,
 }
 
 impl Default for Limits {
@@ -101,6 +104,7 @@ impl Default for Limits {
             deadline_ms: 2_000,
             max_rows_per_message: 10_000,
             max_row_bytes: MAX_ROW_BYTES,
+            max_component_mib: 64,
         }
     }
 }
@@ -109,6 +113,11 @@ impl Limits {
     /// The memory cap in bytes.
     pub fn memory_bytes(&self) -> usize {
         (self.memory_mib as usize).saturating_mul(1024 * 1024)
+    }
+
+    /// The component file size cap in bytes.
+    pub fn max_component_bytes(&self) -> u64 {
+        self.max_component_mib.saturating_mul(1024 * 1024)
     }
 
     /// The CPU deadline.

@@ -66,7 +66,12 @@ pub fn load_pipelines(
 ) -> Result<Vec<PipelineSpec>, LoadError> {
     let mut specs = Vec::new();
     for p in &config.pipelines {
-        let module = loader::load_transform(engine, &p.transform, &config.base_dir)?;
+        let module = loader::load_transform(
+            engine,
+            &p.transform,
+            &config.base_dir,
+            p.limits.max_component_bytes(),
+        )?;
         let settings = loader::instance_settings(p, &config.base_dir)?;
         TransformInstance::new(module.clone(), settings.clone())?;
         tracing::info!(pipeline = p.name(), topic = %p.topic, transform = module.version(), "pipeline ready");

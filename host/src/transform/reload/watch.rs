@@ -167,8 +167,13 @@ pub fn swap_pipeline(
 ) -> Result<(), Rejected> {
     let settings = crate::transform::loader::instance_settings(p, &config.base_dir)
         .map_err(|e| live.reject(e.to_string()))?;
-    let module = crate::transform::loader::load_transform(engine, &p.transform, &config.base_dir)
-        .map_err(|e| live.reject(e.to_string()))?;
+    let module = crate::transform::loader::load_transform(
+        engine,
+        &p.transform,
+        &config.base_dir,
+        p.limits.max_component_bytes(),
+    )
+    .map_err(|e| live.reject(e.to_string()))?;
     live.try_swap(module, settings)
 }
 
@@ -304,14 +309,17 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Load `file` as a candidate for `live` and swap it in if it passes.
 pub fn reload_file(live: &LiveTransform, file: &Path, engine: &TransformEngine) {
-    let bytes = match std::fs::read(file) {
+    let max = live.current().settings.limits.max_component_bytes();
+    let bytes = match crate::transform::loader::read_component(file, max) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(crate::transform::loader::LoadError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             tracing::warn!(pipeline = %live.pipeline, file = %file.display(), "transform file deleted; the running version keeps going");
             return;
         }
         Err(e) => {
-            live.reject(format!("cannot read {}: {e}", file.display()));
+            live.reject(e.to_string());
             return;
         }
     };
