@@ -274,6 +274,33 @@ fn stdout_is_captured_and_log_flood_is_rate_limited() {
     );
 }
 
+/// The log budget counted lines, not bytes (300 lines of 5 MiB wrote 1.5 GB of stderr), and
+/// counter names had no length limit (40 names of 20 MiB made an 839 MB /metrics body). Lines
+/// and names are cut with a marker, the bytes logged per instance are budgeted, and both
+/// are counted.
+#[test]
+fn huge_log_lines_and_counter_names_are_cut_and_budgeted() {
+    let mut inst = instance(fast_limits());
+    let out = inst.process(&msgs(&["biglog", "bignames"]), 0);
+    assert_eq!(echoed(&out[0]).as_deref(), Some("logged big"));
+    assert_eq!(echoed(&out[1]).as_deref(), Some("named big"));
+    let stats = inst.stats().clone();
+    assert!(
+        stats.log_bytes <= 256 * 1024,
+        "{} bytes logged",
+        stats.log_bytes
+    );
+    assert!(stats.log_bytes > 0, "some of it is logged");
+    assert!(stats.truncated >= 20 + 40, "{stats:?}");
+    let counters = inst.take_counters();
+    assert_eq!(
+        counters.len(),
+        40,
+        "distinct after the cut (the index comes first)"
+    );
+    assert!(counters.keys().all(|k| k.len() < 200), "names are cut");
+}
+
 #[test]
 fn guest_counters_and_lookups_reach_the_host() {
     let dir = tempfile::tempdir().unwrap();

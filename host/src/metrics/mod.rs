@@ -94,6 +94,10 @@ pub struct PipelineMetrics {
     pub dead_letters: [AtomicU64; 3],
     pub invocations: AtomicU64,
     pub traps: AtomicU64,
+    /// Guest log lines dropped by the rate limits.
+    pub guest_logs_dropped: AtomicU64,
+    /// Guest log lines and counter names cut to their limit.
+    pub guest_truncated: AtomicU64,
     pub transform_seconds: Histogram,
     /// CPU time the workers' threads spent inside the transform, in nanoseconds.
     pub transform_cpu_ns: AtomicU64,
@@ -123,6 +127,8 @@ impl PipelineMetrics {
             dead_letters: [z(), z(), z()],
             invocations: z(),
             traps: z(),
+            guest_logs_dropped: z(),
+            guest_truncated: z(),
             transform_seconds: Histogram::new(SECONDS),
             transform_cpu_ns: z(),
             memory_high_water: z(),
@@ -205,7 +211,7 @@ impl Metrics {
             format!("pipeline=\"{}\",topic=\"{}\"", esc(&p.name), esc(&p.topic))
         };
         type Counter = fn(&PipelineMetrics) -> u64;
-        let simple: [(&str, &str, &str, Counter); 7] = [
+        let simple: [(&str, &str, &str, Counter); 9] = [
             (
                 "vast_messages_in_total",
                 "counter",
@@ -229,6 +235,18 @@ impl Metrics {
                 "counter",
                 "Transform calls that trapped (panic, deadline, memory, stack).",
                 |p| p.traps.load(Ordering::Relaxed),
+            ),
+            (
+                "vast_transform_guest_logs_dropped_total",
+                "counter",
+                "Guest log lines dropped by the per-instance line and byte budgets.",
+                |p| p.guest_logs_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "vast_transform_guest_truncated_total",
+                "counter",
+                "Guest log lines and counter names cut to their length limit.",
+                |p| p.guest_truncated.load(Ordering::Relaxed),
             ),
             (
                 "vast_sink_retries_total",

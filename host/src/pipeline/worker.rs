@@ -206,6 +206,12 @@ impl Worker {
             .fetch_add(after.calls - before.calls, Ordering::Relaxed);
         pm.traps
             .fetch_add(after.traps - before.traps, Ordering::Relaxed);
+        pm.guest_logs_dropped.fetch_add(
+            after.logs_suppressed - before.logs_suppressed,
+            Ordering::Relaxed,
+        );
+        pm.guest_truncated
+            .fetch_add(after.truncated - before.truncated, Ordering::Relaxed);
         pm.memory_high_water
             .fetch_max(after.memory_high_water as u64, Ordering::Relaxed);
         pm.add_guest_counters(instance.take_counters());

@@ -76,6 +76,21 @@ fn handle(msg: &Message) -> Outcome {
             }
             echo("logged".into())
         }
+        "biglog" => {
+            // 20 lines of 1 MiB: the host cuts each line and keeps to a byte budget.
+            let line = "L".repeat(1 << 20);
+            for _ in 0..20 {
+                host::log(Level::Warn, &line);
+            }
+            echo("logged big".into())
+        }
+        "bignames" => {
+            // 40 counter names of 1 MiB each: the host cuts them to a short label.
+            for i in 0..40 {
+                host::counter(&format!("{i}{}", "N".repeat(1 << 20)), 1);
+            }
+            echo("named big".into())
+        }
         "counter" => {
             host::counter("hostile_things", 3);
             echo("counted".into())

@@ -259,8 +259,12 @@ pub struct InstanceStats {
     pub instantiations: u64,
     /// Highest linear memory size seen, bytes.
     pub memory_high_water: usize,
-    /// Guest log lines dropped by the rate limit.
+    /// Guest log lines dropped by the rate limits (lines and bytes).
     pub logs_suppressed: u64,
+    /// Guest log bytes written to the log.
+    pub log_bytes: u64,
+    /// Guest log lines and counter names cut to their limit.
+    pub truncated: u64,
 }
 
 /// One instance of a transform, owned by one worker and reused across batches.
@@ -349,6 +353,8 @@ impl TransformInstance {
         let (out, out_dropped) = s.stdout.drain();
         let (err, err_dropped) = s.stderr.drain();
         self.stats.logs_suppressed += std::mem::take(&mut s.log_suppressed);
+        self.stats.log_bytes += std::mem::take(&mut s.log_bytes);
+        self.stats.truncated += std::mem::take(&mut s.truncated);
         self.stats.memory_high_water = self.stats.memory_high_water.max(s.limiter.high_water);
         for (name, delta) in s.counters.drain() {
             *self.counters.entry(name).or_default() += delta;
