@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// A running admin server; stops when dropped.
 pub struct AdminServer {
-    server: Arc<tiny_http::Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
 }
@@ -116,41 +117,60 @@ pub enum AdminError {
     Bind {
         addr: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: std::io::Error,
     },
-    #[error("the admin server is not on an IP address")]
-    NotIp,
     #[error("cannot start the admin thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
+/// Most connections served at once; more are closed at accept (a flood of half-open
+/// connections used to cost a thread and two descriptors each, until the process ran out).
+const MAX_CONNECTIONS: usize = 128;
+/// The request head (request line and headers) must fit this buffer (hyper's smallest):
+/// a request line sent without an end used to be buffered without limit.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// The head must arrive within this; a connection is closed after this long in all.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl AdminServer {
-    /// Bind `addr` and serve in a background thread.
+    /// Bind `addr` and serve on a thread of its own (a one-thread tokio runtime, with answers
+    /// computed on a small blocking pool), so the admin server can never take the pipeline's
+    /// threads or memory: bounded heads, head and connection timeouts, a connection cap, and
+    /// accept errors (EMFILE) waited out instead of ending the server.
     pub fn start(addr: &str, state: AdminState) -> Result<AdminServer, AdminError> {
-        let server = tiny_http::Server::http(addr).map_err(|source| AdminError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
-        let bound = server.server_addr().to_ip().ok_or(AdminError::NotIp)?;
-        let server = Arc::new(server);
-        let srv = server.clone();
+        let std_listener =
+            std::net::TcpListener::bind(addr).map_err(|source| AdminError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let bound = std_listener
+            .local_addr()
+            .map_err(|source| AdminError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(AdminError::Thread)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(4)
+            .thread_name("admin-answer")
+            .build()
+            .map_err(AdminError::Thread)?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = Arc::new(state);
         let thread = std::thread::Builder::new()
             .name("admin".into())
             .spawn(move || {
-                for req in srv.incoming_requests() {
-                    let (status, body, ctype) = respond(&state, req.method().as_str(), req.url());
-                    let header = tiny_http::Header::from_bytes("Content-Type", ctype)
-                        .expect("static header is valid");
-                    let resp = tiny_http::Response::from_string(body)
-                        .with_status_code(status)
-                        .with_header(header);
-                    let _ = req.respond(resp);
-                }
+                runtime.block_on(serve(std_listener, state, stop_rx));
             })
             .map_err(AdminError::Thread)?;
         tracing::info!(addr = %bound, "admin server listening (/metrics, /healthz, /readyz)");
         Ok(AdminServer {
-            server,
+            stop: Some(stop_tx),
             thread: Some(thread),
             addr: bound,
         })
@@ -162,9 +182,87 @@ impl AdminServer {
     }
 }
 
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin server cannot listen");
+            return;
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors (EMFILE) or a connection reset before accept: wait and
+                // go on; the server must outlive any burst of clients.
+                tracing::warn!(error = %e, "admin server: accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // At the cap: close at once rather than queue.
+            drop(stream);
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| answer(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(
+    state: Arc<AdminState>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    let method = req.method().as_str().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    // The answer may wait on I/O (the sink check of /readyz): off the accept thread.
+    let answered = tokio::task::spawn_blocking(move || respond(&state, &method, &path)).await;
+    let (status, body, ctype) = answered.unwrap_or_else(|_| {
+        (
+            500,
+            "internal error\n".to_string(),
+            "text/plain; charset=utf-8",
+        )
+    });
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    Ok(resp)
+}
+
 impl Drop for AdminServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
