@@ -131,12 +131,18 @@ fn metrics_move_by_exactly_the_produced_amounts_and_readyz_tracks_join_and_sink(
     // Sink down: the data directory becomes a file. Not ready, with the reason; then back.
     std::fs::rename(&data, dir.path().join("data.moved")).unwrap();
     std::fs::write(&data, b"not a directory").unwrap();
-    let (status, body) = http_get(&addr, "/readyz");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("not writable"), "{body}");
+    // Readiness is computed in the background (every 0.5 s), so it follows within seconds.
+    let mut last = (0, String::new());
+    wait_until(Duration::from_secs(10), "not ready", || {
+        last = http_get(&addr, "/readyz");
+        last.0 == 503
+    });
+    assert!(last.1.contains("not writable"), "{}", last.1);
     std::fs::remove_file(&data).unwrap();
     std::fs::rename(dir.path().join("data.moved"), &data).unwrap();
-    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    wait_until(Duration::from_secs(10), "ready again", || {
+        http_get(&addr, "/readyz").0 == 200
+    });
     assert_eq!(http_get(&addr, "/nope").0, 404);
 
     p.signal(15);

@@ -1,8 +1,10 @@
-//! The admin HTTP server: `GET /metrics` (Prometheus text), `GET /healthz` (alive),
-//! `GET /readyz` (joined the consumer group and the sink is reachable; 503 with the reason
-//! otherwise). Binds to loopback unless configured otherwise.
+//! The admin HTTP server: `GET /metrics` (Prometheus text), `GET /healthz` (alive: never
+//! waits on I/O), `GET /readyz` (ready from live signals computed in the background: group
+//! membership, a reachable broker, sink writes succeeding and the sink's check, partitions
+//! with lag making progress; 503 with the reason otherwise, also the `vast_ready` metric).
+//! Binds to loopback unless configured otherwise.
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Readiness};
 use crate::pipeline::RunStats;
 use crate::sink::Sink;
 use std::net::SocketAddr;
@@ -13,6 +15,8 @@ use std::time::Duration;
 
 /// A running admin server; stops when dropped.
 pub struct AdminServer {
+    stop_checks: Arc<std::sync::atomic::AtomicBool>,
+    checks: Option<JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
@@ -87,26 +91,77 @@ pub fn respond(state: &AdminState, method: &str, path: &str) -> (u16, String, &'
         "/transforms" => (200, transforms_json(state), "application/json"),
         "/healthz" => (200, "ok\n".into(), TEXT),
         "/readyz" => {
-            if !state.metrics.joined.load(Ordering::Relaxed) {
-                return (
-                    503,
-                    format!(
-                        "not ready: the consumer has not joined group `{}` yet\n",
-                        state.group
-                    ),
-                    TEXT,
-                );
-            }
-            match state.sink.check() {
-                Ok(()) => (200, "ready\n".into(), TEXT),
-                Err(e) => (503, format!("not ready: {e}\n"), TEXT),
-            }
+            // Computed in the background (`readiness`): answering never waits on I/O.
+            let r = state
+                .metrics
+                .readiness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let status = if r.reason == "ok" { 200 } else { 503 };
+            (status, format!("{}\n", r.detail), TEXT)
         }
         _ => (
             404,
             "not found: try /metrics, /healthz, /readyz or /transforms\n".into(),
             TEXT,
         ),
+    }
+}
+
+/// How long a partition with lag may go without a commit before the processor is not ready
+/// (a flush takes well under a second; a stuck partition held lag 100/100 with /readyz 200).
+pub const STUCK_AFTER: Duration = Duration::from_secs(60);
+/// How often readiness is computed.
+const READINESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Readiness from live signals, first problem first: group membership, a reachable broker,
+/// the last sink write, the sink's own check (which may wait on I/O: this runs in the
+/// background), and every partition with lag making progress.
+pub fn readiness(state: &AdminState) -> Readiness {
+    let not = |reason, detail: String| Readiness {
+        reason,
+        detail: format!("not ready: {detail}"),
+    };
+    let m = &state.metrics;
+    if !m.joined.load(Ordering::Relaxed) {
+        return not(
+            "not_joined",
+            format!("the consumer has not joined group `{}` yet", state.group),
+        );
+    }
+    if !m.broker_up.load(Ordering::Relaxed) {
+        return not("broker_down", "no Kafka broker is reachable".into());
+    }
+    let failing = m
+        .sink_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(e) = failing {
+        return not("sink_failing", e);
+    }
+    if let Err(e) = state.sink.check() {
+        return not("sink_unreachable", e.to_string());
+    }
+    let now = crate::metrics::unix_ms();
+    let positions = m.partitions.lock().unwrap_or_else(|p| p.into_inner());
+    for ((topic, partition), p) in positions.iter() {
+        let still = now.saturating_sub(p.progressed_ms);
+        if p.lag > 0 && p.progressed_ms > 0 && still > STUCK_AFTER.as_millis() as u64 {
+            return not(
+                "partition_stuck",
+                format!(
+                    "partition {topic}/{partition} has lag {} and no commit for {} s",
+                    p.lag,
+                    still / 1000
+                ),
+            );
+        }
+    }
+    Readiness {
+        reason: "ok",
+        detail: "ready".into(),
     }
 }
 
@@ -162,6 +217,29 @@ impl AdminServer {
             .map_err(AdminError::Thread)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let state = Arc::new(state);
+        *state
+            .metrics
+            .readiness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = readiness(&state);
+        let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checks = {
+            let (state, stop) = (state.clone(), stop_checks.clone());
+            std::thread::Builder::new()
+                .name("readiness".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = readiness(&state);
+                        *state
+                            .metrics
+                            .readiness
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = r;
+                        std::thread::sleep(READINESS_EVERY);
+                    }
+                })
+                .map_err(AdminError::Thread)?
+        };
         let thread = std::thread::Builder::new()
             .name("admin".into())
             .spawn(move || {
@@ -170,6 +248,8 @@ impl AdminServer {
             .map_err(AdminError::Thread)?;
         tracing::info!(addr = %bound, "admin server listening (/metrics, /healthz, /readyz)");
         Ok(AdminServer {
+            stop_checks,
+            checks: Some(checks),
             stop: Some(stop_tx),
             thread: Some(thread),
             addr: bound,
@@ -260,11 +340,71 @@ async fn answer(
 
 impl Drop for AdminServer {
     fn drop(&mut self) {
+        self.stop_checks.store(true, Ordering::Relaxed);
+        // The readiness thread may be inside a sink check: it is not waited for.
+        drop(self.checks.take());
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::PartitionPosition;
+
+    fn state(dir: &std::path::Path) -> AdminState {
+        AdminState {
+            metrics: Arc::new(Metrics::new([("raw-logs", "raw-logs")])),
+            stats: Arc::new(RunStats::default()),
+            sink: Arc::new(crate::sink::parquet::ParquetSink::new(dir)),
+            group: "g".into(),
+            live: vec![],
+        }
+    }
+
+    /// /readyz said 200 for 30 s after the broker was killed (the joined flag was never
+    /// reset), on a sink that failed, and while a partition was stuck with lag.
+    #[test]
+    fn readiness_follows_membership_broker_sink_and_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(dir.path());
+        assert_eq!(readiness(&s).reason, "not_joined");
+        s.metrics.joined.store(true, Ordering::Relaxed);
+        assert_eq!(readiness(&s).reason, "ok");
+        s.metrics.broker_up.store(false, Ordering::Relaxed);
+        assert_eq!(readiness(&s).reason, "broker_down");
+        s.metrics.broker_up.store(true, Ordering::Relaxed);
+        *s.metrics.sink_error.lock().unwrap() = Some("the sink failed: disk full".into());
+        let r = readiness(&s);
+        assert_eq!(
+            (r.reason, r.detail.contains("disk full")),
+            ("sink_failing", true)
+        );
+        *s.metrics.sink_error.lock().unwrap() = None;
+        let old = crate::metrics::unix_ms() - STUCK_AFTER.as_millis() as u64 - 1000;
+        s.metrics.partitions.lock().unwrap().insert(
+            ("raw-logs".into(), 3),
+            PartitionPosition {
+                committed: 0,
+                high_watermark: 100,
+                lag: 100,
+                progressed_ms: old,
+            },
+        );
+        let r = readiness(&s);
+        assert_eq!(r.reason, "partition_stuck");
+        assert!(r.detail.contains("raw-logs/3 has lag 100"), "{}", r.detail);
+        s.metrics.partitions.lock().unwrap().clear();
+        assert_eq!(readiness(&s).reason, "ok");
+        assert!(
+            s.metrics
+                .render(&s.stats)
+                .contains("vast_ready{reason=\"starting\"} 0")
+        );
     }
 }

@@ -177,6 +177,25 @@ pub struct PartitionPosition {
     pub committed: i64,
     pub high_watermark: i64,
     pub lag: i64,
+    /// When the committed offset last moved (ms since the Unix epoch; 0: not yet).
+    pub progressed_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether the processor is ready, and why not: computed in the background from live
+/// signals (see `crate::admin`), read instantly by `/readyz` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// `ok`, or the class of the first problem (a metric label).
+    pub reason: &'static str,
+    /// What to tell a person.
+    pub detail: String,
 }
 
 /// All metrics of a run.
@@ -184,8 +203,15 @@ pub struct Metrics {
     pub pipelines: Vec<PipelineMetrics>,
     pub partitions: Mutex<BTreeMap<(String, i32), PartitionPosition>>,
     pub reload_swaps: AtomicU64,
-    /// Set once the consumer has joined its group (first assignment, possibly empty).
+    /// Set while the consumer is a member of its group (from an assignment, possibly empty,
+    /// to a revoke).
     pub joined: AtomicBool,
+    /// False while librdkafka reports every broker down.
+    pub broker_up: AtomicBool,
+    /// The last sink (or dead-letter) write's error, cleared by the next success.
+    pub sink_error: Mutex<Option<String>>,
+    /// The current readiness.
+    pub readiness: Mutex<Readiness>,
 }
 
 impl Metrics {
@@ -199,6 +225,12 @@ impl Metrics {
             partitions: Mutex::new(BTreeMap::new()),
             reload_swaps: AtomicU64::new(0),
             joined: AtomicBool::new(false),
+            broker_up: AtomicBool::new(true),
+            sink_error: Mutex::new(None),
+            readiness: Mutex::new(Readiness {
+                reason: "starting",
+                detail: "not ready: starting".into(),
+            }),
         }
     }
 
@@ -206,6 +238,15 @@ impl Metrics {
     /// gauges (queues, paused partitions).
     pub fn render(&self, stats: &RunStats) -> String {
         let mut o = String::with_capacity(16 * 1024);
+        {
+            let r = self.readiness.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                o,
+                "# HELP vast_ready 1 when /readyz answers 200; the reason label says why not.\n# TYPE vast_ready gauge\nvast_ready{{reason=\"{}\"}} {}",
+                r.reason,
+                u8::from(r.reason == "ok")
+            );
+        }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let pl = |p: &PipelineMetrics| {
             format!("pipeline=\"{}\",topic=\"{}\"", esc(&p.name), esc(&p.topic))

@@ -341,6 +341,7 @@ impl Worker {
                 &self.abort,
                 &self.stats,
                 pm,
+                &self.metrics.sink_error,
                 "the sink",
                 || sink.write(&batches),
                 |e: &SinkError| e.is_retriable(),
@@ -358,6 +359,7 @@ impl Worker {
                 &self.abort,
                 &self.stats,
                 pm,
+                &self.metrics.sink_error,
                 "the dead-letter destination",
                 || writer.write(&letters),
                 |e: &DeadLetterError| e.retry_hint() == RetryHint::Retry,
@@ -474,10 +476,12 @@ fn dead_letter(
 
 /// Run `f` until it succeeds, backing off exponentially (100 ms doubling to 5 s, with
 /// jitter) on retriable errors. `Err(Some(e))`: a fatal error; `Err(None)`: aborted.
+#[allow(clippy::too_many_arguments)] // the retry's inputs, its counters and its outcome slot
 fn retry<E: std::fmt::Display>(
     abort: &AtomicBool,
     stats: &RunStats,
     pm: &crate::metrics::PipelineMetrics,
+    sink_error: &std::sync::Mutex<Option<String>>,
     what: &str,
     mut f: impl FnMut() -> Result<(), E>,
     retriable: impl Fn(&E) -> bool,
@@ -489,10 +493,13 @@ fn retry<E: std::fmt::Display>(
                 if attempt > 1 {
                     tracing::info!(attempt, "{what} recovered");
                 }
+                *sink_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return Ok(());
             }
             Err(e) if retriable(&e) => {
                 pm.sink_failures.fetch_add(1, Ordering::Relaxed);
+                *sink_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{what} failed: {e}"));
                 if abort.load(Ordering::Relaxed) {
                     tracing::error!(error = %e, "giving up on {what}: shutting down");
                     return Err(None);

@@ -161,7 +161,11 @@ impl Shared {
                     .unwrap_or_else(|p| p.into_inner());
                 for (tp, next) in moved {
                     tracing::debug!(topic = %tp.0, partition = tp.1, offset = next, "committed");
-                    positions.entry(tp.clone()).or_default().committed = next;
+                    let p = positions.entry(tp.clone()).or_default();
+                    if p.committed != next {
+                        p.committed = next;
+                        p.progressed_ms = crate::metrics::unix_ms();
+                    }
                     committed.insert(tp, next);
                 }
             }
@@ -180,7 +184,28 @@ struct Ctx {
 
 impl ClientContext for Ctx {
     /// librdkafka's periodic statistics: the high watermark and lag of each partition.
+    /// librdkafka's errors: every broker down makes the processor not ready.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.shared
+                .metrics
+                .broker_up
+                .store(false, Ordering::Relaxed);
+        }
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // Any broker (not the bootstrap placeholder) up: connected again.
+        let mut known = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0)
+            .peekable();
+        if known.peek().is_some() {
+            let up = known.any(|b| b.state == "UP");
+            self.shared.metrics.broker_up.store(up, Ordering::Relaxed);
+        }
         let mut positions = self
             .shared
             .metrics
@@ -194,6 +219,11 @@ impl ClientContext for Ctx {
                     continue;
                 }
                 let e = positions.entry(key).or_default();
+                if e.progressed_ms == 0 {
+                    // First sight counts as progress: a partition is stuck only after a
+                    // while without a commit.
+                    e.progressed_ms = crate::metrics::unix_ms();
+                }
                 e.high_watermark = p.hi_offset;
                 if p.consumer_lag >= 0 {
                     e.lag = p.consumer_lag;
@@ -215,6 +245,8 @@ impl ConsumerContext for Ctx {
         let s = &self.shared;
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                // Not a member until the next assignment.
+                s.metrics.joined.store(false, Ordering::Relaxed);
                 let revoked = tps(tpl);
                 // Held records of revoked partitions were never processed: the next owner reads
                 // them again from the committed offset.
@@ -312,6 +344,8 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         // (1 s by default). The workers drain a full buffer in well under that, then sat
         // idle: end to end, 0.75 s gaps with no records every few hundred thousand.
         ("fetch.queue.backoff.ms", "20"),
+        // Per-partition lag and broker states for /metrics and /readyz.
+        ("statistics.interval.ms", "1000"),
     ];
     for (key, value) in defaults {
         if !config.kafka.properties.contains_key(key) {
