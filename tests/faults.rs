@@ -275,3 +275,49 @@ fn a_dead_letter_too_large_for_the_topic_is_cut_to_fit_and_kept_whole_in_files()
     );
     assert_eq!(files[0]["source_offset"], 40);
 }
+
+/// With the sink failing, SIGTERM took 20.2 s at `shutdown_timeout_s = 10`: the shutdown
+/// flush timed out, then the revoke at consumer close flushed and timed out again. The whole
+/// stop, revoke included, keeps to the bound; what was not delivered is not committed.
+#[test]
+fn a_stop_while_the_sink_fails_keeps_to_the_shutdown_timeout() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 2);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = test_config(&broker, "e2e-stop-failing", &["raw-logs"], "")
+        .replace("shutdown_timeout_s = 20", "shutdown_timeout_s = 5")
+        .replace("max_rows = 5000", "max_rows = 100");
+    let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
+    p.wait_joined("group join");
+    let first = produce(&broker.addr, "raw-logs", &generated("raw-logs", 200, 0, 51));
+    wait_until(Duration::from_secs(60), "first records", || {
+        landed(&data).len() == first.len()
+    });
+    let moved = dir.path().join("data.moved");
+    std::fs::rename(&data, &moved).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    produce(&broker.addr, "raw-logs", &generated("raw-logs", 300, 0, 52));
+    wait_until(
+        Duration::from_secs(30),
+        "the failure to be reported",
+        || p.log_text().contains("will retry"),
+    );
+    let started = std::time::Instant::now();
+    p.signal(15);
+    p.wait(Duration::from_secs(60));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5 + 3),
+        "the stop took {took:?} with shutdown_timeout_s = 5\n{}",
+        p.log_text()
+    );
+    // Nothing past what landed was committed.
+    let landed = landed(&moved);
+    for (part, next) in committed(&broker.addr, "e2e-stop-failing", "raw-logs", 2) {
+        for off in 0..next {
+            assert!(landed.contains(&(part as i64, off)), "{part}/{off}");
+        }
+    }
+}

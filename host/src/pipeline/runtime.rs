@@ -99,6 +99,9 @@ pub struct Runtime {
     /// The first failure, of a worker thread or reported by the source.
     failed: Arc<Mutex<Option<RuntimeError>>>,
     shutdown_timeout: Duration,
+    /// Once a stop has begun, when it must be over: every later flush (a revoke as the
+    /// consumer closes) ends by then too, so the whole stop keeps to the bound.
+    stop_deadline: Mutex<Option<Instant>>,
 }
 
 /// The worker threads of a [`Runtime`]: joined once the runtime (its senders) is dropped.
@@ -183,6 +186,7 @@ impl Runtime {
             abort,
             failed,
             shutdown_timeout: opts.shutdown_timeout,
+            stop_deadline: Mutex::new(None),
         };
         Ok((Arc::new(runtime), WorkerThreads { handles }))
     }
@@ -284,7 +288,10 @@ impl Runtime {
             }
             acks.push(rx);
         }
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let mut deadline = Instant::now() + self.shutdown_timeout;
+        if let Some(stop) = *self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner()) {
+            deadline = deadline.min(stop);
+        }
         for (worker, rx) in acks.into_iter().enumerate() {
             match rx.recv_deadline(deadline) {
                 Ok(Ok(())) => {}
@@ -300,6 +307,8 @@ impl Runtime {
     /// timeout. Drop the runtime afterwards to end the workers, and join them.
     pub fn stop(&self, committer: &mut dyn Committer, flush: bool) -> Result<(), RuntimeError> {
         let timeout = self.shutdown_timeout;
+        *self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + timeout);
         let abort = self.abort.clone();
         let done = Arc::new(AtomicBool::new(false));
         let watching = done.clone();

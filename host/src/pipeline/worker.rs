@@ -514,7 +514,11 @@ fn retry<E: std::fmt::Display>(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos() as u64);
                 let jitter = Duration::from_nanos(nanos % (delay.as_nanos() as u64 / 4 + 1));
-                std::thread::sleep(delay + jitter);
+                // In steps, so a stop that gives up is not held by the backoff.
+                let until = Instant::now() + delay + jitter;
+                while Instant::now() < until && !abort.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
