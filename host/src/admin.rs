@@ -112,13 +112,20 @@ pub fn respond(state: &AdminState, method: &str, path: &str) -> (u16, String, &'
 /// How long a partition with lag may go without a commit before the processor is not ready
 /// (a flush takes well under a second; a stuck partition held lag 100/100 with /readyz 200).
 pub const STUCK_AFTER: Duration = Duration::from_secs(60);
-/// How often readiness is computed.
+/// How often readiness is computed, and how often the sink's own check (a probe file, a VAST
+/// HEAD) runs within it: the other signals are in memory.
 const READINESS_EVERY: Duration = Duration::from_millis(500);
+const SINK_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Readiness from live signals, first problem first: group membership, a reachable broker,
 /// the last sink write, the sink's own check (which may wait on I/O: this runs in the
 /// background), and every partition with lag making progress.
 pub fn readiness(state: &AdminState) -> Readiness {
+    readiness_with(state, &state.sink.check().map_err(|e| e.to_string()))
+}
+
+/// [`readiness`] with the sink check's last result given.
+fn readiness_with(state: &AdminState, sink_check: &Result<(), String>) -> Readiness {
     let not = |reason, detail: String| Readiness {
         reason,
         detail: format!("not ready: {detail}"),
@@ -141,10 +148,10 @@ pub fn readiness(state: &AdminState) -> Readiness {
     if let Some(e) = failing {
         return not("sink_failing", e);
     }
-    if let Err(e) = state.sink.check() {
-        return not("sink_unreachable", e.to_string());
+    if let Err(e) = sink_check {
+        return not("sink_unreachable", e.clone());
     }
-    let now = crate::metrics::unix_ms();
+    let now = (crate::model::now_micros() / 1000) as u64;
     let positions = m.partitions.lock().unwrap_or_else(|p| p.into_inner());
     for ((topic, partition), p) in positions.iter() {
         let still = now.saturating_sub(p.progressed_ms);
@@ -228,8 +235,17 @@ impl AdminServer {
             std::thread::Builder::new()
                 .name("readiness".into())
                 .spawn(move || {
+                    let mut checked: Option<(std::time::Instant, Result<(), String>)> = None;
                     while !stop.load(Ordering::Relaxed) {
-                        let r = readiness(&state);
+                        if checked
+                            .as_ref()
+                            .is_none_or(|(at, _)| at.elapsed() >= SINK_CHECK_EVERY)
+                        {
+                            let r = state.sink.check().map_err(|e| e.to_string());
+                            checked = Some((std::time::Instant::now(), r));
+                        }
+                        let sink = &checked.as_ref().expect("just set").1;
+                        let r = readiness_with(&state, sink);
                         *state
                             .metrics
                             .readiness
@@ -386,7 +402,8 @@ mod tests {
             ("sink_failing", true)
         );
         *s.metrics.sink_error.lock().unwrap() = None;
-        let old = crate::metrics::unix_ms() - STUCK_AFTER.as_millis() as u64 - 1000;
+        let old =
+            (crate::model::now_micros() / 1000) as u64 - STUCK_AFTER.as_millis() as u64 - 1000;
         s.metrics.partitions.lock().unwrap().insert(
             ("raw-logs".into(), 3),
             PartitionPosition {

@@ -410,13 +410,11 @@ fn a_fifo_as_the_transform_file_is_refused_at_startup() {
         "[[pipelines]]\ntopic = \"t\"\ntransform = \"t.wasm\"\n",
     )
     .unwrap();
-    let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_vast-processor"))
         .arg("check")
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report = text(&out.stdout);
     assert!(report.contains("is not a regular file"), "{report}");

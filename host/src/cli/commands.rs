@@ -172,7 +172,7 @@ pub fn replay(args: &ReplayArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitC
         args.format,
         sink,
         &data_dir,
-        kafka::runtime_options(&config),
+        pipeline::RuntimeOptions::from_config(&config.runtime),
         stats.clone(),
         &mut |done, total| {
             bar.set_length(total as u64);

@@ -181,13 +181,6 @@ pub struct PartitionPosition {
     pub progressed_ms: u64,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Whether the processor is ready, and why not: computed in the background from live
 /// signals (see `crate::admin`), read instantly by `/readyz` and `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ mod view;
 
 pub use json::to_json;
 pub(crate) use view::entry;
-pub use view::{EventRef, MetricRef, RowRef, Tags, TextColumn, check_object};
+pub use view::{EventRef, MetricRef, RowRef, Tags, TextColumn, check_object, cut_with_marker};
 
 /// A Kafka record header.
 #[derive(Debug, Clone, PartialEq)]

@@ -311,6 +311,23 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// Cut `s` to at most `max` bytes, at a char boundary, with a marker saying how many bytes
+/// went; true when it was cut. For texts from guests and records that have a size limit
+/// (log lines, counter names, dead-letter error headers).
+pub fn cut_with_marker(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    let dropped = s.len() - at;
+    s.truncate(at);
+    s.push_str(&format!("…[{dropped} bytes cut]"));
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

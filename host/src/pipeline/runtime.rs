@@ -37,6 +37,10 @@ pub enum RuntimeError {
     Disconnected,
     #[error("workers did not flush within {0:?}")]
     FlushTimeout(Duration),
+    /// A flush asked for after the stop's deadline (the revoke as the consumer closes): not
+    /// attempted, so the stop keeps to its bound.
+    #[error("not flushed: the stop's deadline has passed")]
+    StopDeadlinePassed,
     #[error(
         "shutdown did not finish within {0:?}: unflushed data was not committed and will be re-read"
     )]
@@ -45,7 +49,7 @@ pub enum RuntimeError {
     Spawn(#[source] Arc<std::io::Error>),
 }
 
-/// How the runtime is sized (from `[runtime]`).
+/// How the runtime is sized (from `[runtime]`, [`RuntimeOptions::from_config`]).
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub workers: usize,
@@ -56,6 +60,19 @@ pub struct RuntimeOptions {
     pub lineage: bool,
     /// The bound of a flush request and of the graceful stop.
     pub shutdown_timeout: Duration,
+}
+
+impl RuntimeOptions {
+    /// The runtime's sizing from `[runtime]`.
+    pub fn from_config(c: &crate::config::RuntimeConfig) -> Self {
+        RuntimeOptions {
+            workers: c.worker_count(),
+            queue_messages: c.queue_messages,
+            queue_bytes: c.queue_bytes,
+            lineage: c.lineage,
+            shutdown_timeout: Duration::from_secs(c.shutdown_timeout_s),
+        }
+    }
 }
 
 /// Commits the delivered offsets where the source keeps them. Kafka implements it; a file
@@ -279,6 +296,10 @@ impl Runtime {
     /// Ask every worker to flush everything (unsent records first) and wait for all answers,
     /// at most the shutdown timeout.
     pub fn flush(&self, reason: FlushReason) -> Result<(), RuntimeError> {
+        let stop = *self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner());
+        if stop.is_some_and(|d| Instant::now() >= d) {
+            return Err(RuntimeError::StopDeadlinePassed);
+        }
         self.send_chunks()?;
         let mut acks = Vec::new();
         for w in &self.workers {
@@ -289,7 +310,7 @@ impl Runtime {
             acks.push(rx);
         }
         let mut deadline = Instant::now() + self.shutdown_timeout;
-        if let Some(stop) = *self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(stop) = stop {
             deadline = deadline.min(stop);
         }
         for (worker, rx) in acks.into_iter().enumerate() {
@@ -307,8 +328,8 @@ impl Runtime {
     /// timeout. Drop the runtime afterwards to end the workers, and join them.
     pub fn stop(&self, committer: &mut dyn Committer, flush: bool) -> Result<(), RuntimeError> {
         let timeout = self.shutdown_timeout;
-        *self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + timeout);
+        let deadline = Instant::now() + timeout;
+        *self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
         let abort = self.abort.clone();
         let done = Arc::new(AtomicBool::new(false));
         let watching = done.clone();
@@ -330,7 +351,10 @@ impl Runtime {
                     committer.commit_final(&self.delivered);
                     Ok(())
                 }
-                Err(_) if self.abort.load(Ordering::Relaxed) => {
+                // The flush timing out is the stop's deadline passing (the watchdog may
+                // not have set `abort` yet).
+                Err(RuntimeError::FlushTimeout(_)) => Err(RuntimeError::ShutdownTimeout(timeout)),
+                Err(_) if self.abort.load(Ordering::Relaxed) || Instant::now() >= deadline => {
                     Err(RuntimeError::ShutdownTimeout(timeout))
                 }
                 Err(e) => Err(e),

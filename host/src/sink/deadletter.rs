@@ -58,11 +58,20 @@ const MAX_ERROR_HEADER: usize = 8 * 1024;
 impl DeadLetter {
     /// About the bytes the record takes against `message.max.bytes`.
     fn record_bytes(&self) -> usize {
-        let headers: usize = self
-            .all_headers()
+        // The original headers plus ours (as `all_headers` makes them), without copying them.
+        let original: usize = self
+            .headers
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 16)
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len) + 16)
             .sum();
+        let ours = self.error.len()
+            + self.error_class.len()
+            + self.transform.len()
+            + self.version.len()
+            + self.topic.len()
+            + 24
+            + 7 * 40;
+        let headers = original + ours;
         self.value.len() + self.key.as_ref().map_or(0, Vec::len) + headers + 512
     }
 
@@ -73,14 +82,7 @@ impl DeadLetter {
             return None;
         }
         let mut l = self.clone();
-        if l.error.len() > MAX_ERROR_HEADER {
-            let mut cut = MAX_ERROR_HEADER;
-            while !l.error.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            l.error.truncate(cut);
-            l.error.push_str(" [error text truncated]");
-        }
+        crate::model::cut_with_marker(&mut l.error, MAX_ERROR_HEADER);
         let original = l.value.len();
         l.headers.push(Header {
             key: H_TRUNCATED.into(),

@@ -164,7 +164,7 @@ impl Shared {
                     let p = positions.entry(tp.clone()).or_default();
                     if p.committed != next {
                         p.committed = next;
-                        p.progressed_ms = crate::metrics::unix_ms();
+                        p.progressed_ms = (crate::model::now_micros() / 1000) as u64;
                     }
                     committed.insert(tp, next);
                 }
@@ -222,7 +222,7 @@ impl ClientContext for Ctx {
                 if e.progressed_ms == 0 {
                     // First sight counts as progress: a partition is stuck only after a
                     // while without a commit.
-                    e.progressed_ms = crate::metrics::unix_ms();
+                    e.progressed_ms = (crate::model::now_micros() / 1000) as u64;
                 }
                 e.high_watermark = p.hi_offset;
                 if p.consumer_lag >= 0 {
@@ -371,7 +371,7 @@ pub fn run(
         .collect();
     let (runtime, threads) = Runtime::start(
         specs.clone(),
-        &runtime_options(config),
+        &RuntimeOptions::from_config(&config.runtime),
         sink,
         stats.clone(),
         opts.metrics.clone(),
@@ -565,17 +565,6 @@ pub fn run(
     }
     tracing::info!(stats = %stats.summary(), "stopped");
     Ok(outcome?)
-}
-
-/// The runtime's sizing from `[runtime]`.
-pub fn runtime_options(config: &Config) -> RuntimeOptions {
-    RuntimeOptions {
-        workers: config.runtime.worker_count(),
-        queue_messages: config.runtime.queue_messages,
-        queue_bytes: config.runtime.queue_bytes,
-        lineage: config.runtime.lineage,
-        shutdown_timeout: Duration::from_secs(config.runtime.shutdown_timeout_s),
-    }
 }
 
 /// Kafka's [`Committer`]: a synchronous commit of every assigned partition's delivered

@@ -1,4 +1,6 @@
-//! Resolving a pipeline's transform to a loaded module and ready instances.
+//! The loader: a pipeline's transform resolved (a bundled name or a `.wasm` path), its file
+//! read within its limits, compiled by the engine, and its instance settings (config,
+//! limits, enrichment tables) made ready.
 
 use crate::config::{ConfigError, PipelineConfig, TransformSource, resolve_transform};
 use crate::transform::enrichment::{Enrichment, EnrichmentError};

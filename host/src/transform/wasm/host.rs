@@ -6,6 +6,7 @@
 use super::capture::Capture;
 use super::limiter::MemoryLimiter;
 use crate::config::Limits;
+use crate::model::cut_with_marker;
 use crate::transform::enrichment::Enrichment;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,21 +64,6 @@ const LOG_BYTES_PER_SEC: f64 = 64.0 * 1024.0;
 pub const MAX_LOG_LINE: usize = 4096;
 pub const MAX_COUNTER_NAME: usize = 128;
 
-/// `s` cut to at most `max` bytes (at a char boundary) with a marker saying how much went.
-fn cut(s: &mut String, max: usize) -> bool {
-    if s.len() <= max {
-        return false;
-    }
-    let mut at = max;
-    while !s.is_char_boundary(at) {
-        at -= 1;
-    }
-    let dropped = s.len() - at;
-    s.truncate(at);
-    s.push_str(&format!("…[{dropped} bytes cut]"));
-    true
-}
-
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -128,7 +114,7 @@ impl StoreState {
         self.log_tokens = (self.log_tokens + elapsed * LOG_PER_SEC).min(LOG_BURST);
         self.log_byte_tokens =
             (self.log_byte_tokens + elapsed * LOG_BYTES_PER_SEC).min(LOG_BYTES_BURST);
-        if cut(&mut message, MAX_LOG_LINE) {
+        if cut_with_marker(&mut message, MAX_LOG_LINE) {
             self.truncated += 1;
         }
         let bytes = message.len() as f64;
@@ -157,7 +143,7 @@ impl StoreState {
     /// `counter`: add to a guest-defined counter (exported as a metric).
     pub(super) fn counter(&mut self, mut name: String, delta: i64) {
         // A name is a metric label: 40 names of 20 MiB made an 839 MB /metrics body.
-        if cut(&mut name, MAX_COUNTER_NAME) {
+        if cut_with_marker(&mut name, MAX_COUNTER_NAME) {
             self.truncated += 1;
         }
         // Bound the number of distinct names a guest can create (metric label cardinality).
