@@ -320,3 +320,98 @@ fn a_stop_while_the_sink_fails_keeps_to_the_shutdown_timeout() {
         }
     }
 }
+
+/// Raw-logs records of about `kib` KiB each (a long `payload.text`).
+fn big_raw_logs(n: usize, kib: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let text = "A".repeat(kib * 1024);
+    (0..n)
+        .map(|i| {
+            let v = serde_json::json!({
+                "timestamp": "2025-10-14T16:01:47Z", "source": "postgresql", "data_type": "log",
+                "host": format!("pg-{i}"), "payload": {"event_type": "dump", "text": text},
+            });
+            (None, serde_json::to_vec(&v).unwrap())
+        })
+        .collect()
+}
+
+const RETRIES: &str = "vast_sink_retries_total{pipeline=\"raw-logs\",topic=\"raw-logs\"}";
+
+#[test]
+fn a_stalled_sink_holds_big_records_within_the_in_flight_bound() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 1);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bound = 8usize << 20;
+    let cfg = test_config(
+        &broker,
+        "e2e-inflight",
+        &["raw-logs"],
+        &format!("workers = 1\nqueue_bytes = {bound}"),
+    );
+    let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
+    p.wait_joined("group join");
+    let first = produce(&broker.addr, "raw-logs", &generated("raw-logs", 20, 0, 61));
+    wait_until(Duration::from_secs(60), "first records", || {
+        landed(&data).len() == first.len()
+    });
+    let moved = dir.path().join("data.moved");
+    std::fs::rename(&data, &moved).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    // 100 MB of records against an 8 MiB bound: before, the worker took every record the
+    // queue offered (up to 1,024 at once, uncounted once taken) and held all of them.
+    let big = produce(&broker.addr, "raw-logs", &big_raw_logs(200, 500));
+    let admin = admin_addr(&p.log_text()).expect("admin address");
+    let scrape = || http_get(&admin, "/metrics").1;
+    wait_until(Duration::from_secs(60), "the source to hold back", || {
+        let m = scrape();
+        metric(&m, "vast_paused_partitions") >= 1.0 && metric(&m, RETRIES) >= 2.0
+    });
+    // Wait out a few more retries: nothing more may be taken meanwhile.
+    let retries = metric(&scrape(), RETRIES);
+    wait_until(Duration::from_secs(60), "more retries", || {
+        metric(&scrape(), RETRIES) >= retries + 2.0
+    });
+    let m = scrape();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    let rss: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .collect();
+    println!(
+        "processor while the sink stalls: {rss:?}, in flight max {} B",
+        metric(&m, "vast_inflight_bytes_max")
+    );
+    let limit = metric(&m, "vast_inflight_limit_bytes");
+    let max = metric(&m, "vast_inflight_bytes_max");
+    assert_eq!(limit, bound as f64, "{m}");
+    // The bound is checked before a record is taken; one transform call's group (a quarter
+    // of the bound) and its rows may be counted twice while it runs.
+    assert!(max <= 2.0 * bound as f64, "in flight at most {max} B: {m}");
+    assert!(
+        max >= bound as f64 / 2.0,
+        "the bound was not reached: {max} B"
+    );
+    assert!(
+        metric(&m, "vast_inflight_bytes") <= 2.0 * bound as f64,
+        "{m}"
+    );
+    // Fixed: everything lands and is committed, once.
+    std::fs::remove_file(&data).unwrap();
+    std::fs::rename(&moved, &data).unwrap();
+    let end = end_offsets(&[first, big].concat());
+    wait_until(
+        Duration::from_secs(120),
+        "the backlog to be committed",
+        || committed(&broker.addr, "e2e-inflight", "raw-logs", 1) == end,
+    );
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    assert_eq!(landed(&data).len(), 220);
+}

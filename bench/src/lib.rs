@@ -5,6 +5,7 @@
 mod cli;
 
 pub use cli::main;
+mod stall;
 
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -278,6 +279,7 @@ fn full_path(
             spec.name.as_str(),
             spec.topic.as_str(),
         )])),
+        inflight_bytes: vast_processor::config::RuntimeConfig::default().queue_bytes,
     };
     let mut w = Worker::new(
         0,
@@ -405,6 +407,14 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
     }
     if let Some(addr) = opts.bootstrap.as_ref().filter(|_| opts.wants('e')) {
         out.push(report(end_to_end(addr, engine, opts)?));
+    }
+    // Only when asked for: it sends 500 MB through the broker.
+    if let Some(addr) = opts
+        .bootstrap
+        .as_ref()
+        .filter(|_| opts.scenarios.contains(&'f'))
+    {
+        stall::stalled_sink(addr, &opts.processor)?;
     }
     println!(
         "peak RSS of the bench process (inputs included): {:.0} MiB",

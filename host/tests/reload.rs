@@ -253,3 +253,37 @@ fn a_fifo_a_device_or_a_huge_file_is_refused_and_the_next_deploy_still_lands() {
     vast_processor::transform::reload::reload_file(&live, &next, &engine);
     assert_eq!(live.last().result, "accepted", "{:?}", live.last());
 }
+
+#[test]
+fn the_shadow_sample_keeps_to_its_byte_cap_whatever_the_record_sizes() {
+    use vast_processor::transform::reload::SHADOW_BYTES;
+    let engine = TransformEngine::new(None).unwrap();
+    let good = engine
+        .load(
+            "raw-logs",
+            vast_processor::transform::loader::bundled_bytes("raw-logs").unwrap(),
+        )
+        .unwrap();
+    let live = LiveTransform::new(
+        "raw-logs",
+        good,
+        InstanceSettings::default(),
+        ReloadConfig::default(),
+    );
+    let big = |offset: i64, bytes: usize| Message {
+        payload: vec![b'A'; bytes],
+        ..msgs(offset, 1).remove(0)
+    };
+    // 200 records of 500 KB (the default 200 messages): only the latest that fit are kept.
+    let batch: Vec<Message> = (0..200).map(|i| big(i, 500_000)).collect();
+    live.remember(&batch);
+    let (n, bytes) = live.sample_size();
+    assert!(bytes <= SHADOW_BYTES, "{bytes}");
+    assert_eq!(n, SHADOW_BYTES / (500_000 + 128), "{n} messages, {bytes} B");
+    // Small records fill it by count again, oldest first out.
+    live.remember(&msgs(1000, 300));
+    assert_eq!(live.sample_size().0, 200);
+    // One record over the cap is not sampled at all.
+    live.remember(&[big(2000, SHADOW_BYTES + 1)]);
+    assert_eq!(live.sample_size().0, 200);
+}

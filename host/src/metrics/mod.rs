@@ -80,7 +80,7 @@ impl Histogram {
 /// Dead-letter reason classes.
 pub const DEAD_CLASSES: [&str; 3] = ["fail", "trap", "contract"];
 /// Flush reasons.
-pub const FLUSH_REASONS: [&str; 5] = ["rows", "bytes", "age", "shutdown", "revoke"];
+pub const FLUSH_REASONS: [&str; 6] = ["rows", "bytes", "age", "memory", "shutdown", "revoke"];
 
 /// The metrics of one pipeline.
 pub struct PipelineMetrics {
@@ -104,7 +104,7 @@ pub struct PipelineMetrics {
     /// Highest linear-memory size of any instance, in bytes.
     pub memory_high_water: AtomicU64,
     /// Flushes per reason, in the order of [`FLUSH_REASONS`].
-    pub flushes: [AtomicU64; 5],
+    pub flushes: [AtomicU64; FLUSH_REASONS.len()],
     pub batch_rows: Histogram,
     pub batch_bytes: Histogram,
     pub sink_write_seconds: Histogram,
@@ -132,7 +132,7 @@ impl PipelineMetrics {
             transform_seconds: Histogram::new(SECONDS),
             transform_cpu_ns: z(),
             memory_high_water: z(),
-            flushes: [z(), z(), z(), z(), z()],
+            flushes: std::array::from_fn(|_| z()),
             batch_rows: Histogram::new(ROWS),
             batch_bytes: Histogram::new(BYTES),
             sink_write_seconds: Histogram::new(SECONDS),
@@ -448,13 +448,28 @@ impl Metrics {
         let gauges = [
             (
                 "vast_queue_messages",
-                "Records queued for workers.",
+                "Records queued for workers and not transformed yet.",
                 stats.queued.load(Ordering::Relaxed),
             ),
             (
                 "vast_queue_bytes",
-                "Bytes queued for workers.",
+                "Bytes of the records queued for workers and not transformed yet.",
                 stats.queued_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "vast_inflight_bytes",
+                "Bytes in flight in the workers: records not yet transformed, rows being batched, dead letters, transform memory.",
+                stats.inflight(),
+            ),
+            (
+                "vast_inflight_bytes_max",
+                "The most bytes ever in flight in the workers.",
+                stats.inflight_max.load(Ordering::Relaxed),
+            ),
+            (
+                "vast_inflight_limit_bytes",
+                "The in-flight bound: runtime.queue_bytes times the workers.",
+                stats.inflight_limit.load(Ordering::Relaxed),
             ),
             (
                 "vast_paused_partitions",

@@ -17,6 +17,11 @@ pub struct RunStats {
     pub queued_max: AtomicUsize,
     pub queued_bytes: AtomicUsize,
     pub queued_bytes_max: AtomicUsize,
+    /// What workers hold beyond their queues (rows being batched, dead letters, transform
+    /// memory); the most ever in flight (queued + held); the bound (`queue_bytes` x workers).
+    pub held_bytes: AtomicUsize,
+    pub inflight_max: AtomicUsize,
+    pub inflight_limit: AtomicUsize,
     /// Partitions paused for backpressure right now, and pauses so far.
     pub paused: AtomicUsize,
     pub pauses: AtomicU64,
@@ -41,6 +46,28 @@ impl RunStats {
         self.queued_max.fetch_max(q, Ordering::Relaxed);
         let b = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.queued_bytes_max.fetch_max(b, Ordering::Relaxed);
+        self.inflight_max.fetch_max(
+            b + self.held_bytes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A worker now holds `after` bytes beyond its queue instead of `before`.
+    pub fn hold(&self, before: usize, after: usize) {
+        let held = if after >= before {
+            self.held_bytes.fetch_add(after - before, Ordering::Relaxed) + (after - before)
+        } else {
+            self.held_bytes.fetch_sub(before - after, Ordering::Relaxed) - (before - after)
+        };
+        self.inflight_max.fetch_max(
+            held + self.queued_bytes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Bytes in flight in all workers right now (queued + held).
+    pub fn inflight(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed) + self.held_bytes.load(Ordering::Relaxed)
     }
 
     /// Account for `n` messages of `bytes` in all leaving a worker queue.

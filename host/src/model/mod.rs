@@ -30,6 +30,19 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
+impl Message {
+    /// What the record costs while it is in flight, for the runtime's byte bound: its bytes
+    /// plus a fixed allowance for the struct and the allocations around it.
+    pub fn footprint(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + headers + 128
+    }
+}
+
 /// A row of the `events` table. `None` host columns (`timestamp`, `id`, `created_at`) are
 /// filled by the host when the row is stored.
 #[derive(Debug, Clone, PartialEq)]

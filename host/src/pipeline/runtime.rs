@@ -53,8 +53,10 @@ pub enum RuntimeError {
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub workers: usize,
-    /// Messages and bytes queued per worker before a source must hold back.
+    /// Records not yet transformed, per worker, before a source must hold back.
     pub queue_messages: usize,
+    /// The in-flight bytes per worker before a source must hold back: records not yet
+    /// transformed, the rows being batched, dead letters, the transforms' memory.
     pub queue_bytes: usize,
     /// Add the lineage columns.
     pub lineage: bool,
@@ -94,6 +96,9 @@ struct WorkerHandle {
     tx: Sender<WorkItem>,
     queued_msgs: Arc<AtomicUsize>,
     queued_bytes: Arc<AtomicUsize>,
+    /// What the worker holds beyond its queue: rows being batched, dead letters, the memory
+    /// of its transform instances.
+    held_bytes: Arc<AtomicUsize>,
     /// Records queued for the worker but not sent yet (counted in `queued_*` already).
     chunk: Mutex<Chunk>,
 }
@@ -166,10 +171,12 @@ impl Runtime {
                 abort: abort.clone(),
                 lineage: opts.lineage,
                 metrics: metrics.clone(),
+                inflight_bytes: opts.queue_bytes,
             };
             let worker = Worker::new(id, specs.clone(), env, dead_letters());
             let queued_msgs = worker.queued_msgs.clone();
             let queued_bytes = worker.queued_bytes.clone();
+            let held_bytes = worker.held_bytes.clone();
             let failed = failed.clone();
             let h = std::thread::Builder::new()
                 .name(format!("worker-{id}"))
@@ -191,9 +198,13 @@ impl Runtime {
                 tx,
                 queued_msgs,
                 queued_bytes,
+                held_bytes,
                 chunk: Mutex::default(),
             });
         }
+        stats
+            .inflight_limit
+            .store(workers.len() * opts.queue_bytes, Ordering::Relaxed);
         let runtime = Runtime {
             workers,
             queue_messages: opts.queue_messages,
@@ -239,22 +250,24 @@ impl Runtime {
             .get_or_insert(e);
     }
 
-    /// True when worker `w`'s queue has room for more records.
+    /// True when worker `w` may be given another record: fewer than `queue_messages` records
+    /// not yet transformed, and its whole in-flight footprint (those records, the rows it
+    /// batches, its dead letters, its transforms' memory) under `queue_bytes`. A worker with
+    /// nothing queued always gets one, so a footprint over the bound slows it, never stops it.
     pub fn has_room(&self, w: usize) -> bool {
         let wk = &self.workers[w];
-        wk.queued_msgs.load(Ordering::Relaxed) < self.queue_messages
-            && wk.queued_bytes.load(Ordering::Relaxed) < self.queue_bytes
+        let queued = wk.queued_msgs.load(Ordering::Relaxed);
+        queued == 0
+            || (queued < self.queue_messages
+                && wk.queued_bytes.load(Ordering::Relaxed) + wk.held_bytes.load(Ordering::Relaxed)
+                    < self.queue_bytes)
     }
 
-    /// Queue a record of `pipeline` for worker `w` (`bytes`: its accounting size): into the
-    /// worker's chunk, which is sent once full (or by [`Runtime::send_chunks`]).
-    pub fn queue(
-        &self,
-        w: usize,
-        pipeline: usize,
-        msg: Message,
-        bytes: usize,
-    ) -> Result<(), RuntimeError> {
+    /// Queue a record of `pipeline` for worker `w`: into the worker's chunk, which is sent
+    /// once full (or by [`Runtime::send_chunks`]). It counts ([`Message::footprint`]) until
+    /// the worker has transformed it.
+    pub fn queue(&self, w: usize, pipeline: usize, msg: Message) -> Result<(), RuntimeError> {
+        let bytes = msg.footprint();
         let wk = &self.workers[w];
         wk.queued_msgs.fetch_add(1, Ordering::Relaxed);
         wk.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -280,7 +293,7 @@ impl Runtime {
         );
         self.stats.enqueue(msgs.len(), bytes);
         wk.tx
-            .send(WorkItem::Msgs { msgs, bytes })
+            .send(WorkItem::Msgs(msgs))
             .map_err(|_| RuntimeError::Disconnected)
     }
 

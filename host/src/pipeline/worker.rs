@@ -20,6 +20,9 @@ pub enum FlushReason {
     Rows,
     Bytes,
     Age,
+    /// The worker's in-flight footprint reached `runtime.queue_bytes`: its largest batch
+    /// goes out early so the source can go on.
+    Memory,
     Shutdown,
     Revoke,
 }
@@ -31,6 +34,7 @@ impl FlushReason {
             FlushReason::Rows => "rows",
             FlushReason::Bytes => "bytes",
             FlushReason::Age => "age",
+            FlushReason::Memory => "memory",
             FlushReason::Shutdown => "shutdown",
             FlushReason::Revoke => "revoke",
         }
@@ -52,13 +56,10 @@ pub enum WorkerError {
 
 /// Work sent to a worker thread.
 pub enum WorkItem {
-    /// Consumed records in order, each with its pipeline; `bytes` is their queue accounting
-    /// size. The consumer sends records in chunks: per record, a channel operation and the
-    /// shared queue counters cost more than everything else the consumer thread does.
-    Msgs {
-        msgs: Vec<(usize, Message)>,
-        bytes: usize,
-    },
+    /// Consumed records in order, each with its pipeline. The consumer sends records in
+    /// chunks: per record, a channel operation and the shared queue counters cost more than
+    /// everything else the consumer thread does.
+    Msgs(Vec<(usize, Message)>),
     /// Process everything queued so far, flush every pipeline, then answer.
     Flush {
         reason: FlushReason,
@@ -72,6 +73,8 @@ struct PipelineState {
     generation: u64,
     batcher: TableBatcher,
     letters: Vec<DeadLetter>,
+    /// What `letters` hold (their payloads and errors, roughly).
+    letter_bytes: usize,
     /// Highest processed (not yet delivered) offset per partition.
     processed: HashMap<i32, i64>,
 }
@@ -88,6 +91,8 @@ pub struct WorkerEnv {
     pub lineage: bool,
     /// Per-pipeline metrics (indexed like the specs).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `runtime.queue_bytes`: the in-flight bound of one worker.
+    pub inflight_bytes: usize,
 }
 
 /// Processes the partitions routed to it; see the module docs.
@@ -101,9 +106,13 @@ pub struct Worker {
     stats: Arc<RunStats>,
     /// Set when retries must give up (shutdown deadline passed).
     abort: Arc<AtomicBool>,
-    /// Messages and bytes queued for this worker (decremented as messages are taken).
+    /// Records queued for this worker and not transformed yet, and their footprint
+    /// (decremented once they are transformed and dropped).
     pub queued_msgs: Arc<AtomicUsize>,
     pub queued_bytes: Arc<AtomicUsize>,
+    /// What this worker holds beyond those records (see [`Worker::publish_held`]).
+    pub held_bytes: Arc<AtomicUsize>,
+    inflight_bytes: usize,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -125,6 +134,7 @@ impl Worker {
             abort,
             lineage,
             metrics,
+            inflight_bytes,
         } = env;
         let states = specs
             .iter()
@@ -133,6 +143,7 @@ impl Worker {
                 generation: 0,
                 batcher: TableBatcher::new(lineage),
                 letters: Vec::new(),
+                letter_bytes: 0,
                 processed: HashMap::new(),
             })
             .collect();
@@ -147,8 +158,53 @@ impl Worker {
             abort,
             queued_msgs: Arc::new(AtomicUsize::new(0)),
             queued_bytes: Arc::new(AtomicUsize::new(0)),
+            held_bytes: Arc::new(AtomicUsize::new(0)),
+            inflight_bytes,
             metrics,
         }
+    }
+
+    /// Publish what the worker holds beyond its queue: every pipeline's buffered rows and
+    /// dead letters, and its instances' linear memory (which never shrinks while they run).
+    fn publish_held(&self) {
+        let held: usize = self
+            .states
+            .iter()
+            .map(|s| {
+                s.batcher.bytes()
+                    + s.letter_bytes
+                    + s.instance
+                        .as_ref()
+                        .map_or(0, |i| i.stats().memory_high_water)
+            })
+            .sum();
+        let before = self.held_bytes.swap(held, Ordering::Relaxed);
+        self.stats.hold(before, held);
+    }
+
+    /// When the footprint reached the bound, flush the pipeline holding the most, if that
+    /// is a worthwhile batch (an eighth of the bound): smaller ones would only multiply
+    /// writes, and the source still gets a record at a time (see `Runtime::has_room`).
+    fn relieve(&mut self) -> Result<(), WorkerError> {
+        let inflight =
+            self.queued_bytes.load(Ordering::Relaxed) + self.held_bytes.load(Ordering::Relaxed);
+        if inflight < self.inflight_bytes {
+            return Ok(());
+        }
+        let largest = (0..self.states.len())
+            .map(|i| {
+                (
+                    self.states[i].batcher.bytes() + self.states[i].letter_bytes,
+                    i,
+                )
+            })
+            .max();
+        if let Some((bytes, i)) = largest
+            && bytes >= self.inflight_bytes / 8
+        {
+            self.flush(i, FlushReason::Memory)?;
+        }
+        Ok(())
     }
 
     /// Transform messages of one pipeline (in order) and buffer their rows and dead letters;
@@ -243,6 +299,7 @@ impl Worker {
                     dead += 1;
                     pm.dead_letter("fail");
                     tracing::info!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered");
+                    state.letter_bytes += m.footprint() + error.len();
                     state
                         .letters
                         .push(dead_letter(spec, &module, m, error.clone(), "fail"));
@@ -252,9 +309,11 @@ impl Worker {
                     let class = if e.is_trap() { "trap" } else { "contract" };
                     pm.dead_letter(class);
                     tracing::warn!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %e, "record could not be transformed; dead-lettered");
+                    let error = e.to_string();
+                    state.letter_bytes += m.footprint() + error.len();
                     state
                         .letters
-                        .push(dead_letter(spec, &module, m, e.to_string(), class));
+                        .push(dead_letter(spec, &module, m, error, class));
                 }
             }
             state.processed.insert(m.partition, m.offset);
@@ -283,7 +342,8 @@ impl Worker {
         if let Some(reason) = reason {
             self.flush(pipeline, reason)?;
         }
-        Ok(())
+        self.publish_held();
+        self.relieve()
     }
 
     /// When the oldest buffered data of any pipeline reaches its max age.
@@ -354,6 +414,7 @@ impl Worker {
         }
         if !state.letters.is_empty() {
             let letters = std::mem::take(&mut state.letters);
+            state.letter_bytes = 0;
             let writer = &mut self.dead_letters;
             retry(
                 &self.abort,
@@ -384,14 +445,14 @@ impl Worker {
         tracing::debug!(worker = self.id, pipeline = %spec.name, reason = reason.as_str(), rows, tables = ?batches.iter().map(|(t, _)| Table::name(*t)).collect::<Vec<_>>(), ms = started.elapsed().as_millis() as u64, "flushed");
         // The sink is done with the batches: the next rows go into their buffers.
         state.batcher.recycle(batches);
+        self.publish_held();
         Ok(())
     }
 
     /// The worker thread's loop: take messages (grouped into transform batches), flush on
     /// limits, age and requests; on disconnect, flush and exit.
     pub fn run(mut self, rx: Receiver<WorkItem>) -> Result<(), Arc<WorkerError>> {
-        let mut group: Vec<Message> = Vec::with_capacity(MAX_TRANSFORM_BATCH);
-        let mut group_pipeline = 0;
+        let mut group = Group::default();
         loop {
             let wait = self
                 .next_deadline()
@@ -409,41 +470,69 @@ impl Worker {
             let mut next = first;
             while let Some(item) = next.take() {
                 match item {
-                    WorkItem::Msgs { msgs, bytes } => {
-                        self.queued_msgs.fetch_sub(msgs.len(), Ordering::Relaxed);
-                        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                        self.stats.dequeue(msgs.len(), bytes);
+                    WorkItem::Msgs(msgs) => {
                         for (pipeline, msg) in msgs {
-                            if pipeline != group_pipeline || group.len() >= MAX_TRANSFORM_BATCH {
-                                self.handle(group_pipeline, &group)?;
-                                group.clear();
-                                group_pipeline = pipeline;
+                            if pipeline != group.pipeline
+                                || group.msgs.len() >= MAX_TRANSFORM_BATCH
+                                || group.bytes >= self.inflight_bytes / 8
+                            {
+                                self.run_group(&mut group)?;
+                                group.pipeline = pipeline;
                             }
-                            group.push(msg);
+                            group.bytes += msg.footprint();
+                            group.msgs.push(msg);
                         }
                     }
                     WorkItem::Flush { reason, ack } => {
-                        self.handle(group_pipeline, &group)?;
-                        group.clear();
+                        self.run_group(&mut group)?;
                         let result = self.flush_all(reason).map_err(Arc::new);
                         let _ = ack.send(result.clone());
                         result?;
                     }
                 }
+                // Take what else is queued (in one transform call where it shares a pipeline),
+                // but only while it is small (an eighth of the bound): taken records still count
+                // against it until they are transformed, so a group of big ones is run at once.
+                if group.bytes >= self.inflight_bytes / 8 {
+                    self.run_group(&mut group)?;
+                }
                 next = match rx.try_recv() {
                     Ok(item) => Some(item),
                     Err(TryRecvError::Empty) => None,
                     Err(TryRecvError::Disconnected) => {
-                        self.handle(group_pipeline, &group)?;
+                        self.run_group(&mut group)?;
                         return Ok(self.flush_all(FlushReason::Shutdown)?);
                     }
                 };
             }
-            self.handle(group_pipeline, &group)?;
-            group.clear();
+            self.run_group(&mut group)?;
             self.flush_due()?;
         }
     }
+
+    /// Transform a group of taken records, then release their place in the queue.
+    fn run_group(&mut self, group: &mut Group) -> Result<(), WorkerError> {
+        if group.msgs.is_empty() {
+            return Ok(());
+        }
+        let result = self.handle(group.pipeline, &group.msgs);
+        let (n, bytes) = (group.msgs.len(), group.bytes);
+        group.msgs.clear();
+        group.bytes = 0;
+        self.queued_msgs.fetch_sub(n, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.stats.dequeue(n, bytes);
+        result
+    }
+}
+
+/// Records taken from the queue for one transform call: one pipeline, in order.
+#[derive(Default)]
+struct Group {
+    pipeline: usize,
+    msgs: Vec<Message>,
+    /// Their footprint (still counted as queued).
+    bytes: usize,
 }
 
 /// The most payload bytes one `process` call of `instance` is given.
@@ -606,6 +695,7 @@ mod tests {
             abort: Arc::new(AtomicBool::new(false)),
             lineage: true,
             metrics: metrics.clone(),
+            inflight_bytes: crate::config::RuntimeConfig::default().queue_bytes,
         };
         let mut w = Worker::new(
             0,

@@ -150,7 +150,6 @@ pub fn replay(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let bytes = input.payload.len() + 128;
         let m = Message {
             topic: topic.clone(),
             partition: 0,
@@ -160,7 +159,7 @@ pub fn replay(
             headers: Vec::new(),
             payload: input.payload,
         };
-        if let Err(e) = runtime.queue(0, 0, m, bytes) {
+        if let Err(e) = runtime.queue(0, 0, m) {
             result = Err(e);
             break;
         }

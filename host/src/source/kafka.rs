@@ -66,7 +66,6 @@ const CHUNK_AGE: Duration = Duration::from_millis(5);
 struct Pending {
     pipeline: usize,
     msg: Message,
-    bytes: usize,
 }
 
 /// State shared between the poll loop and the rebalance callbacks (which run inside poll).
@@ -118,7 +117,7 @@ impl Shared {
     }
 
     fn queue(&self, w: usize, p: Pending) -> Result<(), RuntimeError> {
-        self.runtime.queue(w, p.pipeline, p.msg, p.bytes)
+        self.runtime.queue(w, p.pipeline, p.msg)
     }
 
     /// Commit delivered offsets of `only` (or of every assigned partition) that moved.
@@ -496,12 +495,9 @@ pub fn run(
                 (pipeline, w)
             }
         };
-        let msg = to_message(&m);
-        let bytes = msg.payload.len() + msg.key.as_ref().map_or(0, Vec::len) + 128;
         let p = Pending {
             pipeline,
-            msg,
-            bytes,
+            msg: to_message(&m),
         };
         let tp = || (m.topic().to_string(), m.partition());
         // `paused` counts the partitions with held records (all changed on this thread).

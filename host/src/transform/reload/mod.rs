@@ -42,6 +42,11 @@ struct Probation {
     failures: u64,
 }
 
+/// The most bytes of recent messages a pipeline keeps for shadow checks (whatever
+/// `reload.shadow_messages` says): 200 records of 500 KB would be 100 MB outside every
+/// bound. A message bigger than this is not sampled.
+pub const SHADOW_BYTES: usize = 8 << 20;
+
 /// The live transform of one pipeline, shared by every worker.
 pub struct LiveTransform {
     pub pipeline: String,
@@ -53,7 +58,9 @@ pub struct LiveTransform {
     banned: Mutex<Option<String>>,
     /// Content hash of the last file content evaluated: the same bytes are not judged twice.
     last_seen: Mutex<Option<String>>,
-    recent: Mutex<VecDeque<Message>>,
+    /// The shadow sample: the latest messages, at most `shadow_messages` and
+    /// [`SHADOW_BYTES`] (their footprint, the second field).
+    recent: Mutex<(VecDeque<Message>, usize)>,
     last: Mutex<LastReload>,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
@@ -92,7 +99,7 @@ impl LiveTransform {
             probation: Mutex::new(Probation::default()),
             banned: Mutex::new(None),
             last_seen: Mutex::new(None),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new((VecDeque::new(), 0)),
             last: Mutex::new(LastReload {
                 result: "initial".into(),
                 detail: String::new(),
@@ -145,13 +152,26 @@ impl LiveTransform {
         if n == 0 {
             return;
         }
-        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let (r, bytes) = &mut *guard;
         for m in &batch[batch.len().saturating_sub(n)..] {
-            if r.len() == n {
-                r.pop_front();
+            let size = m.footprint();
+            if size > SHADOW_BYTES {
+                continue;
             }
+            while r.len() == n || *bytes + size > SHADOW_BYTES {
+                let Some(old) = r.pop_front() else { break };
+                *bytes -= old.footprint();
+            }
+            *bytes += size;
             r.push_back(m.clone());
         }
+    }
+
+    /// Messages and bytes in the shadow sample.
+    pub fn sample_size(&self) -> (usize, usize) {
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        (r.0.len(), r.1)
     }
 
     /// Record a batch's results under `generation`; after a swap, roll back if the new
@@ -247,6 +267,7 @@ impl LiveTransform {
             .recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .iter()
             .cloned()
             .collect();
