@@ -415,3 +415,75 @@ fn a_stalled_sink_holds_big_records_within_the_in_flight_bound() {
     );
     assert_eq!(landed(&data).len(), 220);
 }
+
+#[test]
+fn a_rebalance_while_the_sink_fails_releases_the_partitions_and_the_group_goes_on() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 4);
+    broker.create_topic("raw-logs-dlq", 1);
+    let group = "e2e-rebalance-failing";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = test_config(&broker, group, &["raw-logs"], "")
+        .replace("shutdown_timeout_s = 20", "shutdown_timeout_s = 5")
+        .replace("max_rows = 5000", "max_rows = 100");
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let mut a = Processor::start(VP, &dir_a, &cfg, &data, &[]);
+    a.wait_joined("first member");
+    let mut produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 200, 0, 71));
+    wait_until(Duration::from_secs(60), "first records", || {
+        landed(&data).len() == produced.len()
+    });
+    let moved = dir.path().join("data.moved");
+    std::fs::rename(&data, &moved).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    produced.extend(produce(
+        &broker.addr,
+        "raw-logs",
+        &generated("raw-logs", 300, 0, 72),
+    ));
+    wait_until(Duration::from_secs(30), "the sink failure", || {
+        a.log_text().contains("retrying")
+    });
+    // A second member joins while every write fails: the first one's revoke cannot flush.
+    let mut b = Processor::start(VP, &dir_b, &cfg, &data, &[]);
+    wait_until(Duration::from_secs(90), "both members assigned", || {
+        a.log_text().matches("partitions assigned").count() >= 2
+            && b.log_text().contains("partitions assigned")
+    });
+    // Before, the first member exited here ("flush on revoke failed"), and every rebalance
+    // of the outage was a restart; now it let go of what it held and stays in the group.
+    assert!(a.still_running(), "{}", a.log_text());
+    assert!(b.still_running(), "{}", b.log_text());
+    assert!(
+        a.log_text().contains("dropped what was held"),
+        "{}",
+        a.log_text()
+    );
+    // The sink comes back: the group commits everything, and every record landed.
+    std::fs::remove_file(&data).unwrap();
+    std::fs::rename(&moved, &data).unwrap();
+    let end = end_offsets(&produced);
+    wait_until(Duration::from_secs(120), "everything committed", || {
+        committed(&broker.addr, group, "raw-logs", 4) == end
+    });
+    let landed = landed(&data);
+    for r in &produced {
+        assert!(
+            landed.contains(&(r.partition as i64, r.offset)),
+            "{}/{}",
+            r.partition,
+            r.offset
+        );
+    }
+    for p in [&mut a, &mut b] {
+        p.signal(15);
+        assert!(
+            p.wait(Duration::from_secs(30)).success(),
+            "{}",
+            p.log_text()
+        );
+    }
+}

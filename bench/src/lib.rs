@@ -280,6 +280,7 @@ fn full_path(
             spec.topic.as_str(),
         )])),
         inflight_bytes: vast_processor::config::RuntimeConfig::default().queue_bytes,
+        discard: Arc::default(),
     };
     let mut w = Worker::new(
         0,

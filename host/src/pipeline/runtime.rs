@@ -14,7 +14,7 @@ use crate::model::Message;
 use crate::sink::Sink;
 use crate::sink::deadletter::DeadLetterWriter;
 use crossbeam_channel::{Sender, bounded};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -118,6 +118,8 @@ pub struct Runtime {
     stats: Arc<RunStats>,
     /// Set when retries must give up (shutdown deadline passed).
     abort: Arc<AtomicBool>,
+    /// Bumped by [`Runtime::discard`]; workers drop what they hold up to its marker.
+    discard: Arc<AtomicU64>,
     /// The first failure, of a worker thread or reported by the source.
     failed: Arc<Mutex<Option<RuntimeError>>>,
     shutdown_timeout: Duration,
@@ -158,6 +160,7 @@ impl Runtime {
     ) -> Result<(Arc<Runtime>, WorkerThreads), RuntimeError> {
         let delivered = Arc::new(DeliveredOffsets::default());
         let abort = Arc::new(AtomicBool::new(false));
+        let discard = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(Mutex::new(None::<RuntimeError>));
         let mut handles = Vec::new();
         let mut workers = Vec::new();
@@ -172,6 +175,7 @@ impl Runtime {
                 lineage: opts.lineage,
                 metrics: metrics.clone(),
                 inflight_bytes: opts.queue_bytes,
+                discard: discard.clone(),
             };
             let worker = Worker::new(id, specs.clone(), env, dead_letters());
             let queued_msgs = worker.queued_msgs.clone();
@@ -212,6 +216,7 @@ impl Runtime {
             delivered,
             stats,
             abort,
+            discard,
             failed,
             shutdown_timeout: opts.shutdown_timeout,
             stop_deadline: Mutex::new(None),
@@ -295,6 +300,21 @@ impl Runtime {
         wk.tx
             .send(WorkItem::Msgs(msgs))
             .map_err(|_| RuntimeError::Disconnected)
+    }
+
+    /// Give up everything the workers hold and have queued (rows, dead letters, records not
+    /// transformed, a write being retried): for partitions released while the sink fails, so
+    /// the group can move on. None of it was delivered, so none of it was committed: the
+    /// partitions' next owner reads those records again. Records queued after this call are
+    /// processed as usual.
+    pub fn discard(&self) -> Result<(), RuntimeError> {
+        self.send_chunks()?;
+        let epoch = self.discard.fetch_add(1, Ordering::Relaxed) + 1;
+        for w in &self.workers {
+            w.tx.send(WorkItem::Discard(epoch))
+                .map_err(|_| RuntimeError::Disconnected)?;
+        }
+        Ok(())
     }
 
     /// Send every worker's unsent records.

@@ -11,7 +11,7 @@ use crate::transform::wasm::{MessageResult, TransformError, TransformInstance, T
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Why a flush happened (exported as a metric label).
@@ -60,6 +60,9 @@ pub enum WorkItem {
     /// chunks: per record, a channel operation and the shared queue counters cost more than
     /// everything else the consumer thread does.
     Msgs(Vec<(usize, Message)>),
+    /// Everything before this marker belongs to partitions given up while the sink was
+    /// failing (see [`crate::pipeline::Runtime::discard`]): drop what is held, resume.
+    Discard(u64),
     /// Process everything queued so far, flush every pipeline, then answer.
     Flush {
         reason: FlushReason,
@@ -79,6 +82,17 @@ struct PipelineState {
     processed: HashMap<i32, i64>,
 }
 
+impl PipelineState {
+    /// Drop the rows, dead letters and processed offsets (never delivered: their records
+    /// are read again by the partitions' next owner).
+    fn drop_pending(&mut self) {
+        drop(self.batcher.finish());
+        self.letters.clear();
+        self.letter_bytes = 0;
+        self.processed.clear();
+    }
+}
+
 /// What every worker of a run shares.
 #[derive(Clone)]
 pub struct WorkerEnv {
@@ -93,6 +107,9 @@ pub struct WorkerEnv {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `runtime.queue_bytes`: the in-flight bound of one worker.
     pub inflight_bytes: usize,
+    /// The runtime's discard epoch: while it is ahead of the worker's, the worker drops
+    /// records and pending writes up to the matching [`WorkItem::Discard`].
+    pub discard: Arc<AtomicU64>,
 }
 
 /// Processes the partitions routed to it; see the module docs.
@@ -113,6 +130,9 @@ pub struct Worker {
     /// What this worker holds beyond those records (see [`Worker::publish_held`]).
     pub held_bytes: Arc<AtomicUsize>,
     inflight_bytes: usize,
+    discard: Arc<AtomicU64>,
+    /// The discard epoch this worker has reached.
+    epoch: u64,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -135,6 +155,7 @@ impl Worker {
             lineage,
             metrics,
             inflight_bytes,
+            discard,
         } = env;
         let states = specs
             .iter()
@@ -160,8 +181,19 @@ impl Worker {
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             held_bytes: Arc::new(AtomicUsize::new(0)),
             inflight_bytes,
+            discard,
+            epoch: 0,
             metrics,
         }
+    }
+
+    /// True between a discard request and its marker.
+    fn discarding(&self) -> bool {
+        self.discard.load(Ordering::Relaxed) > self.epoch
+    }
+
+    fn drop_pending(&mut self, pipeline: usize) {
+        self.states[pipeline].drop_pending();
     }
 
     /// Publish what the worker holds beyond its queue: every pipeline's buffered rows and
@@ -210,7 +242,7 @@ impl Worker {
     /// Transform messages of one pipeline (in order) and buffer their rows and dead letters;
     /// flush when a batch limit is reached.
     pub fn handle(&mut self, pipeline: usize, msgs: &[Message]) -> Result<(), WorkerError> {
-        if msgs.is_empty() {
+        if msgs.is_empty() || self.discarding() {
             return Ok(());
         }
         let spec = &self.specs[pipeline];
@@ -385,6 +417,10 @@ impl Worker {
 
     /// Write the pipeline's rows and dead letters durably, then advance its offsets.
     fn flush(&mut self, pipeline: usize, reason: FlushReason) -> Result<(), WorkerError> {
+        if self.discarding() {
+            self.drop_pending(pipeline);
+            return Ok(());
+        }
         let state = &mut self.states[pipeline];
         if state.batcher.rows() == 0 && state.letters.is_empty() && state.processed.is_empty() {
             return Ok(());
@@ -397,16 +433,23 @@ impl Worker {
         let started = Instant::now();
         if !batches.is_empty() {
             let sink = self.sink.clone();
-            retry(
-                &self.abort,
+            let (abort, discard, epoch) = (&self.abort, &self.discard, self.epoch);
+            let give_up =
+                || abort.load(Ordering::Relaxed) || discard.load(Ordering::Relaxed) > epoch;
+            let written = retry(
+                &give_up,
                 &self.stats,
                 pm,
                 &self.metrics.sink_error,
                 "the sink",
                 || sink.write(&batches),
                 |e: &SinkError| e.is_retriable(),
-            )
-            .map_err(|e| e.map_or(WorkerError::Aborted("the sink"), WorkerError::Sink))?;
+            );
+            if matches!(written, Err(None)) && self.discard.load(Ordering::Relaxed) > self.epoch {
+                state.drop_pending();
+                return Ok(());
+            }
+            written.map_err(|e| e.map_or(WorkerError::Aborted("the sink"), WorkerError::Sink))?;
             pm.sink_write_seconds
                 .observe(started.elapsed().as_secs_f64());
             pm.batch_rows.observe(rows as f64);
@@ -416,16 +459,23 @@ impl Worker {
             let letters = std::mem::take(&mut state.letters);
             state.letter_bytes = 0;
             let writer = &mut self.dead_letters;
-            retry(
-                &self.abort,
+            let (abort, discard, epoch) = (&self.abort, &self.discard, self.epoch);
+            let give_up =
+                || abort.load(Ordering::Relaxed) || discard.load(Ordering::Relaxed) > epoch;
+            let written = retry(
+                &give_up,
                 &self.stats,
                 pm,
                 &self.metrics.sink_error,
                 "the dead-letter destination",
                 || writer.write(&letters),
                 |e: &DeadLetterError| e.retry_hint() == RetryHint::Retry,
-            )
-            .map_err(|e| {
+            );
+            if matches!(written, Err(None)) && self.discard.load(Ordering::Relaxed) > self.epoch {
+                state.drop_pending();
+                return Ok(());
+            }
+            written.map_err(|e| {
                 e.map_or(
                     WorkerError::Aborted("the dead-letter destination"),
                     WorkerError::DeadLetter,
@@ -482,6 +532,18 @@ impl Worker {
                             group.bytes += msg.footprint();
                             group.msgs.push(msg);
                         }
+                    }
+                    WorkItem::Discard(epoch) => {
+                        self.run_group(&mut group)?;
+                        for i in 0..self.states.len() {
+                            self.drop_pending(i);
+                        }
+                        self.epoch = epoch;
+                        self.publish_held();
+                        tracing::info!(
+                            worker = self.id,
+                            "dropped what was held for partitions given up"
+                        );
                     }
                     WorkItem::Flush { reason, ack } => {
                         self.run_group(&mut group)?;
@@ -567,7 +629,7 @@ fn dead_letter(
 /// jitter) on retriable errors. `Err(Some(e))`: a fatal error; `Err(None)`: aborted.
 #[allow(clippy::too_many_arguments)] // the retry's inputs, its counters and its outcome slot
 fn retry<E: std::fmt::Display>(
-    abort: &AtomicBool,
+    give_up: &dyn Fn() -> bool,
     stats: &RunStats,
     pm: &crate::metrics::PipelineMetrics,
     sink_error: &std::sync::Mutex<Option<String>>,
@@ -589,8 +651,8 @@ fn retry<E: std::fmt::Display>(
                 pm.sink_failures.fetch_add(1, Ordering::Relaxed);
                 *sink_error.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(format!("{what} failed: {e}"));
-                if abort.load(Ordering::Relaxed) {
-                    tracing::error!(error = %e, "giving up on {what}: shutting down");
+                if give_up() {
+                    tracing::error!(error = %e, "giving up on {what}: stopping, or its partitions were given up");
                     return Err(None);
                 }
                 RunStats::add(&stats.sink_retries, 1);
@@ -605,7 +667,7 @@ fn retry<E: std::fmt::Display>(
                 let jitter = Duration::from_nanos(nanos % (delay.as_nanos() as u64 / 4 + 1));
                 // In steps, so a stop that gives up is not held by the backoff.
                 let until = Instant::now() + delay + jitter;
-                while Instant::now() < until && !abort.load(Ordering::Relaxed) {
+                while Instant::now() < until && !give_up() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -696,6 +758,7 @@ mod tests {
             lineage: true,
             metrics: metrics.clone(),
             inflight_bytes: crate::config::RuntimeConfig::default().queue_bytes,
+            discard: Arc::default(),
         };
         let mut w = Worker::new(
             0,

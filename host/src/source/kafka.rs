@@ -105,6 +105,15 @@ impl Shared {
     }
 
     /// Partitions assigned to this consumer now.
+    /// True when `revoked` is every partition this member has (an eager rebalance).
+    fn all_revoked(&self, revoked: &HashSet<Tp>) -> bool {
+        self.assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .all(|tp| revoked.contains(tp))
+    }
+
     fn assigned_count(&self) -> usize {
         self.assigned
             .lock()
@@ -259,9 +268,21 @@ impl ConsumerContext for Ctx {
                 }
                 // Flush what the workers hold for every partition, then commit synchronously
                 // before the partitions are released.
-                if let Err(e) = s.runtime.flush(FlushReason::Revoke) {
-                    tracing::error!(error = %e, "flush on revoke failed; uncommitted records will be re-read by the next owner");
-                    s.runtime.fail(e);
+                match s.runtime.flush(FlushReason::Revoke) {
+                    Ok(()) => {}
+                    // The sink is failing and every partition goes (an eager rebalance):
+                    // hold on to nothing, so the group moves on and this member rejoins.
+                    // Exiting instead made every rebalance during an outage a restart.
+                    Err(e @ RuntimeError::FlushTimeout(_)) if s.all_revoked(&revoked) => {
+                        tracing::warn!(error = %e, partitions = revoked.len(), "flush on revoke did not finish (is the sink failing?); dropped what was held, the next owner reads it again from the committed offsets");
+                        if let Err(e) = s.runtime.discard() {
+                            s.runtime.fail(e);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "flush on revoke failed; uncommitted records will be re-read by the next owner");
+                        s.runtime.fail(e);
+                    }
                 }
                 commit_sync(s, consumer, Some(&revoked));
                 let list: Vec<Tp> = revoked.iter().cloned().collect();
