@@ -230,9 +230,14 @@ pub fn peak_rss_mib() -> f64 {
 
 /// The `VmHWM` line of a `/proc/<pid>/status` text, in KiB.
 fn vm_hwm_kib(status: &str) -> Option<f64> {
+    status_kib(status, "VmHWM:")
+}
+
+/// A `/proc/<pid>/status` line (`field` with its colon) in KiB.
+fn status_kib(status: &str, field: &str) -> Option<f64> {
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

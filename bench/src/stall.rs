@@ -2,24 +2,13 @@
 //! given big records while its Parquet directory cannot be written, and its resident set is
 //! read once the source has held back; then the sink comes back and everything must land.
 
-use crate::vm_hwm_kib;
+use crate::{status_kib, vm_hwm_kib};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// Records and their size for line f (the adversarial run's case).
 const RECORDS: usize = 1000;
 const RECORD_KIB: usize = 500;
-
-/// The `VmRSS` line of a `/proc/<pid>/status` text, in KiB.
-fn vm_rss_kib(status: &str) -> Option<f64> {
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 /// The sum of every series of `name` (any labels) in a Prometheus text.
 fn sum_metric(text: &str, name: &str) -> f64 {
@@ -90,7 +79,7 @@ pub fn stalled_sink(addr: &str, processor: &std::path::Path) -> anyhow::Result<(
         let idle = std::fs::read_to_string(&status_file)
             .ok()
             .as_deref()
-            .and_then(vm_rss_kib)
+            .and_then(|t| status_kib(t, "VmRSS:"))
             .unwrap_or(0.0)
             / 1024.0;
         // The sink fails from here on: its directory is a file.
@@ -133,7 +122,7 @@ pub fn stalled_sink(addr: &str, processor: &std::path::Path) -> anyhow::Result<(
                 && last.1.elapsed() >= Duration::from_secs(3)
         })?;
         let status = std::fs::read_to_string(&status_file)?;
-        let held = vm_rss_kib(&status).unwrap_or(0.0) / 1024.0;
+        let held = status_kib(&status, "VmRSS:").unwrap_or(0.0) / 1024.0;
         let m = metrics();
         let inflight = sum_metric(&m, "vast_inflight_bytes_max") / 1048576.0;
         let limit = sum_metric(&m, "vast_inflight_limit_bytes") / 1048576.0;
