@@ -230,3 +230,78 @@ fn bench_end_to_end_reports_broker_rate_and_processor_rss() {
         .expect("an RSS figure");
     assert!(rss > 10.0, "implausible RSS {rss} MiB");
 }
+
+/// Out of descriptors, the old admin server's accept loop exited for good: /healthz,
+/// /readyz and /metrics stayed refused after every client left, until a restart. The
+/// processor's descriptor limit is lowered to a few above what it holds, clients hold
+/// connections until accept fails (EMFILE), and once they leave the admin server answers
+/// and the pipeline still delivers.
+#[test]
+fn the_admin_server_outlives_running_out_of_descriptors() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 1);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = test_config(&broker, "e2e-emfile", &["raw-logs"], "");
+    let mut p = Processor::start(VP, dir.path(), &config, &data, &[]);
+    let mut addr = String::new();
+    wait_until(Duration::from_secs(60), "the admin server", || {
+        addr = admin_addr(&p.log_text()).unwrap_or_default();
+        !addr.is_empty()
+    });
+    wait_until(Duration::from_secs(60), "readiness", || {
+        http_get(&addr, "/readyz").0 == 200
+    });
+
+    let pid = p.pid().to_string();
+    // The soft limit only: raising it back needs no privilege.
+    let limit = |n: usize| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:")])
+            .status()
+            .unwrap();
+        assert!(status.success(), "prlimit --nofile={n}:");
+    };
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    limit(open + 8);
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::Write;
+            let _ = s.write_all(b"GET /metr");
+            held.push(s);
+        }
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "an accept failing for descriptors",
+        || p.log_text().contains("Too many open files"),
+    );
+    assert!(p.still_running(), "{}", p.log_text());
+    drop(held);
+    wait_until(Duration::from_secs(30), "/healthz answering again", || {
+        try_http_get(&addr, "/healthz").is_ok_and(|(s, _)| s == 200)
+    });
+    let metrics = http_get(&addr, "/metrics").1;
+    assert!(metrics.contains("vast_messages_in_total"), "{metrics}");
+
+    // The pipeline went on too: records produced now arrive.
+    limit(4096);
+    produce(&broker.addr, "raw-logs", &generated("raw-logs", 20, 0, 5));
+    wait_until(Duration::from_secs(60), "the records delivered", || {
+        let m = http_get(&addr, "/metrics").1;
+        metric(
+            &m,
+            "vast_rows_out_total{pipeline=\"raw-logs\",topic=\"raw-logs\",table=\"events\"}",
+        ) >= 20.0
+    });
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+}
