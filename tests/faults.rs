@@ -45,6 +45,34 @@ fn stop_and_check_exactly_once(
     );
 }
 
+/// A Parquet directory made unwritable by putting a file in its place (tests run as root,
+/// which chmod does not stop); `restore` puts the directory back.
+struct Stalled {
+    data: std::path::PathBuf,
+    moved: std::path::PathBuf,
+}
+
+impl Stalled {
+    fn stall(data: &std::path::Path) -> Stalled {
+        let moved = data.with_extension("moved");
+        std::fs::rename(data, &moved).unwrap();
+        std::fs::write(data, b"not a directory").unwrap();
+        Stalled {
+            data: data.to_path_buf(),
+            moved,
+        }
+    }
+
+    fn moved(&self) -> &std::path::Path {
+        &self.moved
+    }
+
+    fn restore(self) {
+        std::fs::remove_file(&self.data).unwrap();
+        std::fs::rename(&self.moved, &self.data).unwrap();
+    }
+}
+
 #[test]
 fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
     let broker = Broker::start();
@@ -62,9 +90,7 @@ fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
     });
 
     // The data directory becomes a file: every write fails.
-    let moved = dir.path().join("data.moved");
-    std::fs::rename(&data, &moved).unwrap();
-    std::fs::write(&data, b"not a directory").unwrap();
+    let stalled = Stalled::stall(&data);
     produced.extend(produce(
         &broker.addr,
         "raw-logs",
@@ -79,7 +105,7 @@ fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
         },
     );
     std::thread::sleep(Duration::from_secs(2));
-    let before = landed(&moved);
+    let before = landed(stalled.moved());
     for (part, next) in committed(&broker.addr, "e2e-disk", "raw-logs", 2) {
         for off in 0..next {
             assert!(
@@ -95,8 +121,7 @@ fn an_unwritable_parquet_directory_holds_commits_back_and_recovers() {
     );
 
     // Fixed: everything lands, once.
-    std::fs::remove_file(&data).unwrap();
-    std::fs::rename(&moved, &data).unwrap();
+    stalled.restore();
     wait_until(Duration::from_secs(60), "recovery", || {
         landed(&data).len() == produced.len()
     });
@@ -295,9 +320,7 @@ fn a_stop_while_the_sink_fails_keeps_to_the_shutdown_timeout() {
     wait_until(Duration::from_secs(60), "first records", || {
         landed(&data).len() == first.len()
     });
-    let moved = dir.path().join("data.moved");
-    std::fs::rename(&data, &moved).unwrap();
-    std::fs::write(&data, b"not a directory").unwrap();
+    let stalled = Stalled::stall(&data);
     produce(&broker.addr, "raw-logs", &generated("raw-logs", 300, 0, 52));
     wait_until(
         Duration::from_secs(30),
@@ -313,7 +336,7 @@ fn a_stop_while_the_sink_fails_keeps_to_the_shutdown_timeout() {
     assert!(log.contains("the stop's deadline has passed"), "{log}");
     assert!(!log.contains("workers did not flush within"), "{log}");
     // Nothing past what landed was committed.
-    let landed = landed(&moved);
+    let landed = landed(stalled.moved());
     for (part, next) in committed(&broker.addr, "e2e-stop-failing", "raw-logs", 2) {
         for off in 0..next {
             assert!(landed.contains(&(part as i64, off)), "{part}/{off}");
@@ -357,9 +380,7 @@ fn a_stalled_sink_holds_big_records_within_the_in_flight_bound() {
     wait_until(Duration::from_secs(60), "first records", || {
         landed(&data).len() == first.len()
     });
-    let moved = dir.path().join("data.moved");
-    std::fs::rename(&data, &moved).unwrap();
-    std::fs::write(&data, b"not a directory").unwrap();
+    let stalled = Stalled::stall(&data);
     // 100 MB of records against an 8 MiB bound: before, the worker took every record the
     // queue offered (up to 1,024 at once, uncounted once taken) and held all of them.
     let big = produce(&broker.addr, "raw-logs", &big_raw_logs(200, 500));
@@ -399,8 +420,7 @@ fn a_stalled_sink_holds_big_records_within_the_in_flight_bound() {
         "{m}"
     );
     // Fixed: everything lands and is committed, once.
-    std::fs::remove_file(&data).unwrap();
-    std::fs::rename(&moved, &data).unwrap();
+    stalled.restore();
     let end = end_offsets(&[first, big].concat());
     wait_until(
         Duration::from_secs(120),
@@ -436,9 +456,7 @@ fn a_rebalance_while_the_sink_fails_releases_the_partitions_and_the_group_goes_o
     wait_until(Duration::from_secs(60), "first records", || {
         landed(&data).len() == produced.len()
     });
-    let moved = dir.path().join("data.moved");
-    std::fs::rename(&data, &moved).unwrap();
-    std::fs::write(&data, b"not a directory").unwrap();
+    let stalled = Stalled::stall(&data);
     produced.extend(produce(
         &broker.addr,
         "raw-logs",
@@ -463,8 +481,7 @@ fn a_rebalance_while_the_sink_fails_releases_the_partitions_and_the_group_goes_o
         a.log_text()
     );
     // The sink comes back: the group commits everything, and every record landed.
-    std::fs::remove_file(&data).unwrap();
-    std::fs::rename(&moved, &data).unwrap();
+    stalled.restore();
     let end = end_offsets(&produced);
     wait_until(Duration::from_secs(120), "everything committed", || {
         committed(&broker.addr, group, "raw-logs", 4) == end

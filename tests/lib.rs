@@ -267,7 +267,8 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Start `bin run --config <dir>/pipelines.toml --data-dir <data>` plus `args`.
+    /// Start `bin run --data-dir <data>` plus `args` in `dir`, where `config` is written to
+    /// `pipelines.toml` (the default config path).
     pub fn start(bin: &str, dir: &Path, config: &str, data: &Path, args: &[&str]) -> Processor {
         Processor::start_with_env(bin, dir, config, data, args, &[])
     }
@@ -286,10 +287,11 @@ impl Processor {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let log = dir.join(format!("processor-{n}.log"));
         let f = std::fs::File::create(&log).unwrap();
+        // From the config's directory with the default `--config pipelines.toml`, as a user
+        // runs it: a relative config path once turned hot reload off without a word.
         let child = Command::new(bin)
+            .current_dir(dir)
             .arg("run")
-            .arg("--config")
-            .arg(&cfg)
             .arg("--data-dir")
             .arg(data)
             .args(args)

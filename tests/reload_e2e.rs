@@ -403,3 +403,113 @@ fn enrichment_and_config_edits_on_disk_are_swapped_under_load() {
     assert!(switched_for_good(&teams, "gamma"));
     assert!(teams.iter().any(|(_, t)| t == "alpha") && teams.iter().any(|(_, t)| t == "beta"));
 }
+
+/// The rows of the events table and the dead letters of the process behind `addr`.
+fn delivered(addr: &str) -> (f64, f64) {
+    let m = http_get(addr, "/metrics").1;
+    let rows = metric(
+        &m,
+        "vast_rows_out_total{pipeline=\"raw-logs\",topic=\"raw-logs\",table=\"events\"}",
+    );
+    let letters: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("vast_dead_letters_total{pipeline=\"raw-logs\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (rows, letters)
+}
+
+/// A candidate rejected while running stays on disk; a restart used to run it (34 of 40
+/// valid records became trap dead letters). Now the deployment record keeps it out: the last
+/// accepted version runs, `/transforms` names the refused file, and removing the state
+/// directory returns to running the file.
+#[test]
+fn a_restart_does_not_bring_a_rejected_module_back() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 1);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("transforms")).unwrap();
+    let wasm = dir.path().join("transforms/raw-logs.wasm");
+    let good = vast_guest_artifacts::RAW_LOGS.to_vec();
+    let traps = std::fs::read(vast_test_guests::TRAPS_ALWAYS_PATH).unwrap();
+    std::fs::write(&wasm, &good).unwrap();
+    let cfg = reload_config(
+        &broker,
+        "e2e-restart-rejected",
+        "transform = \"transforms/raw-logs.wasm\"",
+        50,
+    );
+    let data = dir.path().join("data");
+    let start = || {
+        let p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
+        let mut addr = String::new();
+        wait_until(Duration::from_secs(60), "the admin server", || {
+            addr = admin_addr(&p.log_text()).unwrap_or_default();
+            !addr.is_empty()
+        });
+        (p, addr)
+    };
+    let stop = |mut p: Processor| {
+        p.signal(15);
+        assert!(
+            p.wait(Duration::from_secs(30)).success(),
+            "{}",
+            p.log_text()
+        );
+    };
+
+    let (p, addr) = start();
+    p.wait_joined("group join");
+    produce(&broker.addr, "raw-logs", &generated("raw-logs", 40, 0, 81));
+    wait_until(Duration::from_secs(60), "the first rows", || {
+        delivered(&addr).0 >= 40.0
+    });
+    write(&wasm, &traps, Pattern::TempThenRename);
+    wait_until(Duration::from_secs(30), "the candidate rejected", || {
+        transforms(&addr)[0]["last_reload"]["result"] == "rejected"
+    });
+    stop(p);
+
+    // The trap module is still the file; the restart runs the last accepted version.
+    let (p, addr) = start();
+    p.wait_joined("group join after the restart");
+    let t = transforms(&addr);
+    assert_eq!(
+        t[0]["running_version"],
+        format!("raw-logs@{}", hash12(&good)),
+        "{t}"
+    );
+    assert_eq!(t[0]["last_reload"]["result"], "refused_at_start", "{t}");
+    let refused = &t[0]["refused_file"];
+    assert!(
+        refused["file"].as_str().unwrap().ends_with("raw-logs.wasm"),
+        "{t}"
+    );
+    assert!(
+        refused["reason"].as_str().unwrap().contains("rejected"),
+        "{t}"
+    );
+    assert!(p.log_text().contains("transform file refused at start"));
+    produce(&broker.addr, "raw-logs", &generated("raw-logs", 40, 0, 82));
+    wait_until(Duration::from_secs(60), "the valid records as rows", || {
+        delivered(&addr).0 >= 40.0
+    });
+    assert_eq!(
+        delivered(&addr),
+        (40.0, 0.0),
+        "no dead letters: the traps did not run"
+    );
+    stop(p);
+
+    // Without the state directory the file is the truth again.
+    std::fs::remove_dir_all(data.join(".state")).unwrap();
+    let (p, addr) = start();
+    let t = transforms(&addr);
+    assert_eq!(
+        t[0]["running_version"],
+        format!("traps-always@{}", hash12(&traps)).replace("traps-always", "raw-logs"),
+        "{t}"
+    );
+    stop(p);
+}

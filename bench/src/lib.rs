@@ -443,6 +443,33 @@ fn report(m: Measurement) -> Measurement {
     m
 }
 
+/// Send `payloads` to `topic` round-robin over `partitions`, waiting out a full producer
+/// queue, and flush.
+fn send_all<'a>(
+    p: &rdkafka::producer::BaseProducer,
+    topic: &str,
+    partitions: usize,
+    payloads: impl Iterator<Item = std::borrow::Cow<'a, [u8]>>,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseRecord, Producer};
+    for (i, payload) in payloads.enumerate() {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
+            .payload(&payload[..])
+            .partition(i32::try_from(i % partitions)?);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    p.poll(Duration::from_millis(5));
+                    rec = back;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
 /// (e) raw-logs through the broker into Parquet with at-least-once commits: produce first,
 /// then time the consumer from its first record to the last flush. `fetch.wait.max.ms` is
 /// lowered because tansu, the local broker, holds a fetch for that long once a partition
@@ -454,7 +481,7 @@ fn end_to_end(
     opts: &BenchOptions,
 ) -> anyhow::Result<Measurement> {
     use rdkafka::config::ClientConfig;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::producer::BaseProducer;
     let topic = format!("bench-raw-logs-{}", std::process::id());
     let partitions = 2 * opts.workers;
     create_topic(addr, &topic, partitions)?;
@@ -468,22 +495,13 @@ fn end_to_end(
     // librdkafka's sticky partitioner (keyless records, one random partition per linger
     // window) one worker got 64% of the records and ran alone for the last third of the
     // run, which measured the partitioner's luck rather than the processor.
-    for (i, m) in msgs.iter().enumerate() {
-        let partition = i32::try_from(i % partitions)?;
-        let mut rec = BaseRecord::<[u8], [u8]>::to(&topic)
-            .payload(&m.payload)
-            .partition(partition);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    p.poll(Duration::from_millis(5));
-                    rec = back;
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(120))?;
+    send_all(
+        &p,
+        &topic,
+        partitions,
+        msgs.iter()
+            .map(|m| std::borrow::Cow::Borrowed(&m.payload[..])),
+    )?;
     // What the broker alone can serve: the same records read by a bare consumer that does
     // nothing with them. Line (e) cannot beat this.
     report(broker_read(addr, &topic, msgs.len(), bytes)?);

@@ -2,7 +2,7 @@
 //! given big records while its Parquet directory cannot be written, and its resident set is
 //! read once the source has held back; then the sink comes back and everything must land.
 
-use crate::{status_kib, vm_hwm_kib};
+use crate::{send_all, status_kib, vm_hwm_kib};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::R
 /// Run line f against the broker at `addr` with the `vast-processor` at `processor`.
 pub fn stalled_sink(addr: &str, processor: &std::path::Path) -> anyhow::Result<()> {
     use rdkafka::config::ClientConfig;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::producer::BaseProducer;
     let topic = format!("bench-stall-{}", std::process::id());
     crate::create_topic(addr, &topic, 2)?;
     let dir = crate::tempfile_dir()?.join("stall");
@@ -91,24 +91,12 @@ pub fn stalled_sink(addr: &str, processor: &std::path::Path) -> anyhow::Result<(
             .set("bootstrap.servers", addr)
             .set("message.max.bytes", "1000000")
             .create()?;
-        for i in 0..RECORDS {
-            let v = format!(
+        let payloads = (0..RECORDS).map(|i| {
+            std::borrow::Cow::Owned(format!(
                 "{{\"timestamp\": \"2025-10-14T16:01:47Z\", \"source\": \"postgresql\", \"data_type\": \"log\", \"host\": \"pg-{i}\", \"payload\": {{\"event_type\": \"dump\", \"text\": \"{text}\"}}}}"
-            );
-            let mut rec = BaseRecord::<[u8], [u8]>::to(&topic)
-                .payload(v.as_bytes())
-                .partition(i32::try_from(i % 2)?);
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        p.poll(Duration::from_millis(5));
-                        rec = back;
-                    }
-                }
-            }
-        }
-        p.flush(Duration::from_secs(120))?;
+            ).into_bytes())
+        });
+        send_all(&p, &topic, 2, payloads)?;
         let metrics = || http_get(&admin, "/metrics").unwrap_or_default();
         // Held back: partitions paused and the in-flight figure steady over 3 s of retries.
         let mut last = (-1.0, Instant::now());

@@ -48,6 +48,8 @@ fn transforms_json(state: &AdminState) -> String {
                 "accepted": l.accepted.load(Ordering::Relaxed),
                 "rejected": l.rejected.load(Ordering::Relaxed),
                 "rolled_back": l.rolled_back.load(Ordering::Relaxed),
+                "refused_file": l.refused_file(),
+                "refused_versions": l.state().map(|s| s.record().refused),
             })
         })
         .collect();

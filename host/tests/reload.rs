@@ -5,7 +5,9 @@ use std::sync::Arc;
 use vast_processor::config::ReloadConfig;
 use vast_processor::model::Message;
 use vast_processor::transform::reload::LiveTransform;
-use vast_processor::transform::wasm::{InstanceSettings, TransformEngine, TransformInstance};
+use vast_processor::transform::wasm::{
+    InstanceSettings, TransformEngine, TransformInstance, TransformModule,
+};
 
 fn msgs(from: i64, n: i64) -> Vec<Message> {
     let line = br#"{"host": "pg-1", "payload": {"event_type": "vacuum"}}"#;
@@ -22,15 +24,30 @@ fn msgs(from: i64, n: i64) -> Vec<Message> {
         .collect()
 }
 
-#[test]
-fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
-    let engine = TransformEngine::new(None).unwrap();
-    let good = engine
+/// The bundled raw-logs transform, loaded as production loads it.
+fn bundled_raw_logs(engine: &TransformEngine) -> Arc<TransformModule> {
+    engine
         .load(
             "raw-logs",
             vast_processor::transform::loader::bundled_bytes("raw-logs").unwrap(),
         )
-        .unwrap();
+        .unwrap()
+}
+
+/// A live raw-logs transform running `module`, with the default reload settings.
+fn live_with_defaults(module: Arc<TransformModule>) -> LiveTransform {
+    LiveTransform::new(
+        "raw-logs",
+        module,
+        InstanceSettings::default(),
+        ReloadConfig::default(),
+    )
+}
+
+#[test]
+fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
+    let engine = TransformEngine::new(None).unwrap();
+    let good = bundled_raw_logs(&engine);
     let bad = engine
         .load(
             "raw-logs",
@@ -65,7 +82,7 @@ fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
         let batch = msgs(offset, 10);
         offset += 10;
         let results = inst.process(&batch, 0);
-        live.observe(v.generation, &results);
+        live.observe(v.generation, &batch, &results);
     }
     assert_eq!(
         live.current().module.version(),
@@ -208,18 +225,8 @@ fn config_and_enrichment_changes_are_validated_and_swapped_or_refused() {
 #[test]
 fn a_fifo_a_device_or_a_huge_file_is_refused_and_the_next_deploy_still_lands() {
     let engine = TransformEngine::new(None).unwrap();
-    let good = engine
-        .load(
-            "raw-logs",
-            vast_processor::transform::loader::bundled_bytes("raw-logs").unwrap(),
-        )
-        .unwrap();
-    let live = LiveTransform::new(
-        "raw-logs",
-        good,
-        InstanceSettings::default(),
-        ReloadConfig::default(),
-    );
+    let good = bundled_raw_logs(&engine);
+    let live = live_with_defaults(good);
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo.wasm");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -258,18 +265,8 @@ fn a_fifo_a_device_or_a_huge_file_is_refused_and_the_next_deploy_still_lands() {
 fn the_shadow_sample_keeps_to_its_byte_cap_whatever_the_record_sizes() {
     use vast_processor::transform::reload::SHADOW_BYTES;
     let engine = TransformEngine::new(None).unwrap();
-    let good = engine
-        .load(
-            "raw-logs",
-            vast_processor::transform::loader::bundled_bytes("raw-logs").unwrap(),
-        )
-        .unwrap();
-    let live = LiveTransform::new(
-        "raw-logs",
-        good,
-        InstanceSettings::default(),
-        ReloadConfig::default(),
-    );
+    let good = bundled_raw_logs(&engine);
+    let live = live_with_defaults(good);
     let big = |offset: i64, bytes: usize| Message {
         payload: vec![b'A'; bytes],
         ..msgs(offset, 1).remove(0)
@@ -286,4 +283,131 @@ fn the_shadow_sample_keeps_to_its_byte_cap_whatever_the_record_sizes() {
     // One record over the cap is not sampled at all.
     live.remember(&[big(2000, SHADOW_BYTES + 1)]);
     assert_eq!(live.sample_size().0, 200);
+}
+
+/// A transform file that cannot be loaded at all (a deploy of garbage, then a restart) used
+/// to stop the start: with a deployment record the last accepted version runs instead.
+/// Without the record the start still fails, with the loader's error.
+#[test]
+fn a_start_with_a_broken_file_runs_the_last_accepted_version_from_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let wasm = d.join("team.wasm");
+    let team = std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap();
+    std::fs::write(&wasm, &team).unwrap();
+    std::fs::write(d.join("teams.csv"), "entity_id,team\npg-1,dba\n").unwrap();
+    let cfg_path = d.join("pipelines.toml");
+    std::fs::write(
+        &cfg_path,
+        "[[pipelines]]\ntopic = \"raw-logs\"\ntransform = \"team.wasm\"\nconfig = { table = \"teams\" }\n[pipelines.enrichment.teams]\npath = \"teams.csv\"\n",
+    )
+    .unwrap();
+    let engine = TransformEngine::new(None).unwrap();
+    let config = vast_processor::config::Config::load(&cfg_path).unwrap();
+    let state = d.join("state");
+    let load =
+        || vast_processor::pipeline::load_pipelines_with_state(&config, &engine, Some(&state));
+    let first = load().unwrap();
+    let accepted = first[0].live.current().module.version().to_string();
+    assert!(first[0].live.refused_file().is_none());
+
+    std::fs::write(&wasm, b"not a component").unwrap();
+    let second = load().unwrap();
+    let live = &second[0].live;
+    assert_eq!(live.current().module.version(), accepted);
+    let refused = live.refused_file().expect("the broken file is named");
+    assert!(refused.file.ends_with("team.wasm"), "{refused:?}");
+    assert_eq!(live.last().result, "refused_at_start");
+    // It runs as the record's version did: the enrichment still applies.
+    assert_eq!(team_tag(live).as_deref(), Some("dba"));
+
+    let err = vast_processor::pipeline::load_pipelines(&config, &engine)
+        .err()
+        .expect("without a record the broken file stops the start");
+    assert!(!err.to_string().is_empty());
+}
+
+/// 100 invalid-JSON records after a good deploy rolled the good version back and banned it:
+/// the previous version fails them too. Only what the new version does worse counts.
+#[test]
+fn bad_input_that_both_versions_reject_never_rolls_back_a_good_version() {
+    let engine = TransformEngine::new(None).unwrap();
+    let good = bundled_raw_logs(&engine);
+    let team = engine
+        .load(
+            "raw-logs",
+            &std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap(),
+        )
+        .unwrap();
+    let config = ReloadConfig {
+        probation_batches: 5,
+        probation_records: 0,
+        probation_seconds: 0,
+        ..Default::default()
+    };
+    let live = LiveTransform::new("raw-logs", good, InstanceSettings::default(), config);
+    live.try_swap(team.clone(), InstanceSettings::default())
+        .unwrap();
+    let bad_input: Vec<Message> = msgs(0, 100)
+        .into_iter()
+        .map(|m| Message {
+            payload: b"{not json".to_vec(),
+            ..m
+        })
+        .collect();
+    for chunk in bad_input.chunks(20) {
+        let v = live.current();
+        let mut inst = TransformInstance::new(v.module.clone(), v.settings.clone()).unwrap();
+        let results = inst.process(chunk, 0);
+        assert!(
+            results
+                .iter()
+                .all(|r| !matches!(r, vast_processor::transform::wasm::MessageResult::Rows(_)))
+        );
+        live.observe(v.generation, chunk, &results);
+    }
+    assert_eq!(live.current().module.version(), team.version());
+    assert_eq!(
+        live.rolled_back.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "{:?}",
+        live.last()
+    );
+    assert!(
+        !live.on_probation(),
+        "five batches, no minimum of records or time: over"
+    );
+}
+
+/// Each of ~170 shadow records burned the full deadline of a looping candidate in turn (354 s
+/// before the rejection, every later deploy waiting). The sample runs in one call first, so
+/// a candidate that hits its deadline on records the running version handled is rejected at
+/// once, saying so.
+#[test]
+fn a_looping_candidate_is_rejected_after_one_deadline_not_one_per_shadow_record() {
+    let engine = TransformEngine::new(None).unwrap();
+    let good = bundled_raw_logs(&engine);
+    let mut settings = InstanceSettings::default();
+    settings.limits.deadline_ms = 100;
+    let live = LiveTransform::new("raw-logs", good, settings.clone(), ReloadConfig::default());
+    let looping: Vec<Message> = msgs(0, 50)
+        .into_iter()
+        .map(|m| Message {
+            payload: b"loop".to_vec(),
+            ..m
+        })
+        .collect();
+    live.remember(&looping);
+    let hostile = engine
+        .load(
+            "hostile",
+            &std::fs::read(vast_test_guests::HOSTILE_PATH).unwrap(),
+        )
+        .unwrap();
+    let err = live.try_swap(hostile, settings).unwrap_err();
+    assert!(
+        err.0.contains("CPU deadline of 100 ms")
+            && err.0.contains("where the running version took"),
+        "{err}"
+    );
 }

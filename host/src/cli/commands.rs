@@ -59,7 +59,12 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| config.base_dir.join(config.sink.data_dir()));
     let engine = Arc::new(TransformEngine::new(cache)?);
-    let specs = pipeline::load_pipelines(&config, &engine)?;
+    let state_dir = config
+        .runtime
+        .state_dir
+        .as_ref()
+        .map_or_else(|| data_dir.join(".state"), |d| config.base_dir.join(d));
+    let specs = pipeline::load_pipelines_with_state(&config, &engine, Some(&state_dir))?;
     let sink = make_sink(&config, &data_dir)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let live: Vec<_> = specs.iter().map(|s| s.live.clone()).collect();
@@ -72,7 +77,12 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         crate::transform::reload::watch(
             crate::transform::reload::Watched {
                 transforms: watched,
-                config: Some((args.config.clone(), config.clone())),
+                config: Some((
+                    config
+                        .base_dir
+                        .join(args.config.file_name().unwrap_or_default()),
+                    config.clone(),
+                )),
                 pipelines: live.clone(),
             },
             engine.clone(),

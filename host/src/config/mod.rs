@@ -83,6 +83,9 @@ pub struct RuntimeConfig {
     pub commit_interval_ms: u64,
     /// Add the lineage columns (source_topic, source_partition, source_offset, transform_version).
     pub lineage: bool,
+    /// Where deployment records live (accepted, rejected and rolled-back transform versions);
+    /// relative to the config file. Default: `.state` under the data directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -94,6 +97,7 @@ impl Default for RuntimeConfig {
             shutdown_timeout_s: 30,
             commit_interval_ms: 1000,
             lineage: true,
+            state_dir: None,
         }
     }
 }
@@ -154,6 +158,18 @@ pub enum ConfigError {
     UnknownTransform(String),
 }
 
+/// The absolute directory of a config file, against which its relative paths resolve. The
+/// default `pipelines.toml` has an empty parent, which the reload watcher could not
+/// canonicalize: live edits were ignored without a word.
+pub fn config_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    if dir.as_os_str().is_empty() {
+        std::env::current_dir().unwrap_or_default()
+    } else {
+        std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+    }
+}
+
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -161,8 +177,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse(&text, path, base)
+        Config::parse(&text, path, config_dir(path))
     }
 
     /// Parse and validate config text; `path` is only used in messages.

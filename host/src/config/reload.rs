@@ -14,8 +14,12 @@ pub struct ReloadConfig {
     pub shadow_messages: usize,
     /// Largest fraction of shadow messages the candidate may fail that the running version accepted.
     pub shadow_max_new_failures: f64,
-    /// Batches a new version is watched for after a swap.
+    /// A new version is watched after its swap for at least this many batches, ...
     pub probation_batches: u64,
+    /// ... this many records ...
+    pub probation_records: u64,
+    /// ... and this many seconds (all three minimums must be met).
+    pub probation_seconds: u64,
     /// Error-and-trap rate over the probation that triggers a rollback.
     pub rollback_error_rate: f64,
 }
@@ -29,6 +33,8 @@ impl Default for ReloadConfig {
             shadow_messages: 200,
             shadow_max_new_failures: 0.0,
             probation_batches: 10,
+            probation_records: 1000,
+            probation_seconds: 60,
             rollback_error_rate: 0.2,
         }
     }

@@ -16,7 +16,7 @@ pub use worker::{FlushReason, Worker, WorkerEnv, WorkerError};
 
 use crate::config::{BatchConfig, Config, ReloadConfig, TransformSource, resolve_transform};
 use crate::transform::loader::{self, LoadError};
-use crate::transform::reload::LiveTransform;
+use crate::transform::reload::{DeploymentStore, LiveTransform};
 use crate::transform::wasm::{
     InstanceSettings, TransformEngine, TransformInstance, TransformModule,
 };
@@ -64,16 +64,106 @@ pub fn load_pipelines(
     config: &Config,
     engine: &TransformEngine,
 ) -> Result<Vec<PipelineSpec>, LoadError> {
+    load_pipelines_with_state(config, engine, None)
+}
+
+/// [`load_pipelines`] with the deployment records under `state_dir`: a transform file whose
+/// content was rejected or rolled back (or that cannot be loaded at all) does not run; the
+/// pipeline's last accepted version does, with a WARN and `/transforms` naming the file.
+/// Without a record (a first start) the file runs and is recorded as accepted.
+pub fn load_pipelines_with_state(
+    config: &Config,
+    engine: &TransformEngine,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Vec<PipelineSpec>, LoadError> {
     let mut specs = Vec::new();
     for p in &config.pipelines {
-        let module = loader::load_transform(
-            engine,
-            &p.transform,
-            &config.base_dir,
-            p.limits.max_component_bytes(),
-        )?;
         let settings = loader::instance_settings(p, &config.base_dir)?;
-        TransformInstance::new(module.clone(), settings.clone())?;
+        let file = match resolve_transform(&p.transform, &config.base_dir)? {
+            TransformSource::File(f) => Some(f),
+            TransformSource::Bundled(_) => None,
+        };
+        let store = match (state_dir, &file) {
+            (Some(dir), Some(_)) => match DeploymentStore::open(dir, p.name()) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!(pipeline = p.name(), error = %e, "deployment record unreadable; the transform file runs as on a first start");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let max = p.limits.max_component_bytes();
+        let from_file = || -> Result<(Arc<TransformModule>, Option<Vec<u8>>), LoadError> {
+            match &file {
+                Some(f) => {
+                    let bytes = loader::read_component(f, max)?;
+                    let name = f
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("transform");
+                    let module = engine.load(name, &bytes)?;
+                    TransformInstance::new(module.clone(), settings.clone())?;
+                    Ok((module, Some(bytes)))
+                }
+                None => {
+                    let module =
+                        loader::load_transform(engine, &p.transform, &config.base_dir, max)?;
+                    TransformInstance::new(module.clone(), settings.clone())?;
+                    Ok((module, None))
+                }
+            }
+        };
+        let loaded = from_file();
+        // Why the file does not run, when its content was refused or cannot be loaded.
+        let refused = match (&loaded, &store) {
+            (Ok((m, _)), Some(s)) => s.refusal(m.content_hash()).map(|r| {
+                (
+                    m.content_hash().to_string(),
+                    format!("its content was {} before: {}", r.decision, r.reason),
+                )
+            }),
+            (Err(e), Some(_)) => Some((String::new(), e.to_string())),
+            _ => None,
+        };
+        let fallback = refused.as_ref().and_then(|(hash, why)| {
+            let s = store.as_ref()?;
+            let (good, bytes) = s.last_accepted(hash)?;
+            let name = file
+                .as_ref()
+                .and_then(|f| f.file_stem())
+                .and_then(|s| s.to_str())
+                .unwrap_or("transform");
+            match engine
+                .load(name, &bytes)
+                .map_err(LoadError::from)
+                .and_then(|m| {
+                    TransformInstance::new(m.clone(), settings.clone())?;
+                    Ok(m)
+                }) {
+                Ok(m) => Some((m, hash.clone(), why.clone())),
+                Err(e) => {
+                    tracing::warn!(pipeline = p.name(), version = %good, error = %e, "the last accepted version cannot run either");
+                    None
+                }
+            }
+        });
+        let (module, refused_file) = match (loaded, fallback) {
+            (_, Some((m, hash, why))) => (m, Some((hash, why))),
+            (Ok((m, bytes)), None) => {
+                if let (Some((_, why)), Some(f)) = (&refused, &file) {
+                    tracing::warn!(pipeline = p.name(), file = %f.display(), reason = %why, "no accepted version is kept to run instead; the refused file runs");
+                }
+                if let Some(Err(e)) = store
+                    .as_ref()
+                    .map(|s| s.accept(m.content_hash(), bytes.as_deref()))
+                {
+                    tracing::warn!(pipeline = p.name(), error = %e, "cannot write the deployment record");
+                }
+                (m, None)
+            }
+            (Err(e), None) => return Err(e),
+        };
         tracing::info!(pipeline = p.name(), topic = %p.topic, transform = module.version(), "pipeline ready");
         let mut spec = PipelineSpec::new(
             p.name(),
@@ -84,9 +174,15 @@ pub fn load_pipelines(
             p.batch.clone(),
             config.reload.clone(),
         );
-        if let TransformSource::File(f) = resolve_transform(&p.transform, &config.base_dir)? {
-            spec.file = Some(f);
+        if let Some(s) = store {
+            spec.live.attach_state(s.clone());
+            if let (Some((hash, why)), Some(f)) = (refused_file, &file) {
+                tracing::warn!(pipeline = p.name(), file = %f.display(), reason = %why, running = spec.live.current().module.version(), "transform file refused at start; the last accepted version runs");
+                spec.live.start_refusing(f, &hash, &why);
+                let _ = s.running(spec.live.current().module.content_hash());
+            }
         }
+        spec.file = file;
         specs.push(spec);
     }
     Ok(specs)

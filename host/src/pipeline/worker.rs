@@ -306,7 +306,7 @@ impl Worker {
         let module = instance.module().clone();
         let version = module.version();
         let generation = state.generation;
-        spec.live.observe(generation, processed.results());
+        spec.live.observe(generation, msgs, processed.results());
         spec.live.remember(msgs);
         let (mut events, mut metrics, mut skipped, mut dead) = (0u64, 0u64, 0u64, 0u64);
         for (m, r) in msgs.iter().zip(processed.results()) {

@@ -4,16 +4,18 @@
 //! pass, when a new version is rolled back); [`watch`] drives it from file changes.
 
 mod policy;
+mod state;
 mod watch;
 
 pub use policy::{shadow_check, should_roll_back};
+pub use state::{DeploymentStore, Record, Refusal, StateError};
 pub use watch::{
     Debouncer, Watched, apply_config_change, enrichment_files, reload_file, swap_pipeline, watch,
 };
 
 use crate::config::ReloadConfig;
 use crate::model::Message;
-use crate::transform::wasm::{InstanceSettings, MessageResult, TransformModule};
+use crate::transform::wasm::{InstanceSettings, MessageResult, TransformInstance, TransformModule};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +37,31 @@ pub struct LastReload {
     pub at_unix_ms: u128,
 }
 
+/// The watch on a new version after its swap. Only what it does worse than the version it
+/// replaced counts: a failed record is re-run through the previous version (kept warm for
+/// this), and a record both versions fail (bad input) is not the new version's fault.
 #[derive(Default)]
 struct Probation {
-    batches_left: u64,
+    active: bool,
+    batches: u64,
     messages: u64,
-    failures: u64,
+    /// Records the new version failed that the previous one turned into rows or skipped.
+    new_failures: u64,
+    /// Records both versions failed (not counted against the new version).
+    both_failed: u64,
+    started: Option<std::time::Instant>,
+    previous: Option<TransformInstance>,
+}
+
+impl Probation {
+    /// Over when every minimum is met: batches, records and time.
+    fn over(&self, c: &ReloadConfig) -> bool {
+        self.batches >= c.probation_batches
+            && self.messages >= c.probation_records
+            && self
+                .started
+                .is_some_and(|t| t.elapsed().as_secs_f64() >= c.probation_seconds as f64)
+    }
 }
 
 /// The most bytes of recent messages a pipeline keeps for shadow checks (whatever
@@ -62,6 +84,10 @@ pub struct LiveTransform {
     /// [`SHADOW_BYTES`] (their footprint, the second field).
     recent: Mutex<(VecDeque<Message>, usize)>,
     last: Mutex<LastReload>,
+    /// The pipeline's durable deployment record (with `runtime.state_dir`).
+    state: Mutex<Option<Arc<DeploymentStore>>>,
+    /// The transform file that is not running because its content was refused, and why.
+    refused_file: Mutex<Option<RefusedFile>>,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub rolled_back: AtomicU64,
@@ -72,6 +98,15 @@ fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
+}
+
+/// A transform file on disk that does not run: its content was refused before (or it
+/// cannot be loaded), and the last accepted version runs instead.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedFile {
+    pub file: String,
+    pub content_hash: String,
+    pub reason: String,
 }
 
 /// A candidate that was refused, with why.
@@ -105,11 +140,69 @@ impl LiveTransform {
                 detail: String::new(),
                 at_unix_ms: now_ms(),
             }),
+            state: Mutex::new(None),
+            refused_file: Mutex::new(None),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             rolled_back: AtomicU64::new(0),
             config,
         }
+    }
+
+    /// Keep this pipeline's deployment decisions in `store` from now on.
+    pub fn attach_state(&self, store: Arc<DeploymentStore>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
+    }
+
+    /// The deployment record, when there is one.
+    pub fn state(&self) -> Option<Arc<DeploymentStore>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Write a decision through to the deployment record; a record that cannot be written
+    /// costs durability, never the pipeline.
+    fn record(&self, what: impl FnOnce(&DeploymentStore) -> Result<(), StateError>) {
+        if let Some(Err(e)) = self.state().map(|store| what(&store)) {
+            tracing::warn!(pipeline = %self.pipeline, error = %e, transient = e.is_transient(), "cannot write the deployment record; the decision holds until a restart");
+        }
+    }
+
+    /// `hash` (with its component `bytes`, when known) is running: record it as accepted.
+    pub fn record_accepted(&self, hash: &str, bytes: Option<&[u8]>) {
+        self.record(|s| s.accept(hash, bytes));
+        *self.refused_file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Record that the module content `hash` was refused.
+    pub fn record_refused(&self, hash: &str, decision: &str, reason: &str) {
+        self.record(|s| s.refuse(hash, decision, reason));
+    }
+
+    /// At start: the file's content (`hash`) was refused, so `fallback` runs instead.
+    pub fn start_refusing(&self, file: &std::path::Path, hash: &str, reason: &str) {
+        *self.banned.lock().unwrap_or_else(|p| p.into_inner()) = Some(hash.to_string());
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(hash.to_string());
+        *self.refused_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(RefusedFile {
+            file: file.display().to_string(),
+            content_hash: hash.to_string(),
+            reason: reason.to_string(),
+        });
+        self.set_last(
+            "refused_at_start",
+            format!(
+                "{} is not run ({reason}); {} runs, the last accepted version",
+                file.display(),
+                self.current().module.version()
+            ),
+        );
+    }
+
+    /// The transform file that does not run, if any.
+    pub fn refused_file(&self) -> Option<RefusedFile> {
+        self.refused_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The generation of the running version (cheap: workers compare it before each batch).
@@ -174,43 +267,70 @@ impl LiveTransform {
         (r.0.len(), r.1)
     }
 
-    /// Record a batch's results under `generation`; after a swap, roll back if the new
-    /// version's error rate over the probation exceeds the threshold.
-    pub fn observe<R>(&self, generation: u64, results: &[MessageResult<R>]) {
+    /// Record a batch's results under `generation`; during a probation, roll back when the
+    /// new version fails more of the records the previous version handled than
+    /// `rollback_error_rate` allows.
+    pub fn observe<R>(&self, generation: u64, msgs: &[Message], results: &[MessageResult<R>]) {
         if generation != self.generation() {
             return;
         }
-        let failures = results
-            .iter()
-            .filter(|r| matches!(r, MessageResult::Fail(_) | MessageResult::Error(_)))
-            .count() as u64;
+        let failed =
+            |r: &MessageResult<R>| matches!(r, MessageResult::Fail(_) | MessageResult::Error(_));
         let verdict = {
             let mut p = self.probation.lock().unwrap_or_else(|e| e.into_inner());
-            if p.batches_left == 0 {
+            if !p.active {
                 return;
             }
-            p.batches_left -= 1;
-            p.messages += results.len() as u64;
-            p.failures += failures;
-            should_roll_back(
+            let failing: Vec<Message> = msgs
+                .iter()
+                .zip(results)
+                .filter(|(_, r)| failed(r))
+                .map(|(m, _)| m.clone())
+                .collect();
+            let mut new = failing.len() as u64;
+            if let (false, Some(prev)) = (failing.is_empty(), p.previous.as_mut()) {
+                let before = prev.process(&failing, crate::model::now_micros());
+                new = before
+                    .iter()
+                    .filter(|r| matches!(r, MessageResult::Rows(_) | MessageResult::Skip(_)))
+                    .count() as u64;
+            }
+            p.batches += 1;
+            p.messages += msgs.len() as u64;
+            p.new_failures += new;
+            p.both_failed += failing.len() as u64 - new;
+            let over = p.over(&self.config);
+            let roll = should_roll_back(
                 p.messages,
-                p.failures,
-                p.batches_left,
+                p.new_failures,
+                over,
                 self.config.rollback_error_rate,
-            )
+            );
+            if roll {
+                Some((p.messages, p.new_failures, p.both_failed))
+            } else {
+                if over {
+                    // Passed: the previous version need not stay warm any longer.
+                    *p = Probation::default();
+                }
+                None
+            }
         };
-        if verdict {
-            self.roll_back();
+        if let Some(counts) = verdict {
+            self.roll_back(counts);
         }
     }
 
-    fn roll_back(&self) {
-        let Some(prev) = self
-            .previous
+    /// Whether a new version is still being watched after its swap.
+    pub fn on_probation(&self) -> bool {
+        self.probation
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+            .active
+    }
+
+    fn roll_back(&self, (messages, new_failures, both_failed): (u64, u64, u64)) {
+        let Some(prev) = self.previous() else {
             return;
         };
         let bad = self.current();
@@ -223,16 +343,23 @@ impl LiveTransform {
             generation,
         });
         *self.probation.lock().unwrap_or_else(|p| p.into_inner()) = Probation::default();
+        // The rolled-back version stays visible as the previous one.
+        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(bad.clone());
         self.rolled_back.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(pipeline = %self.pipeline, bad = bad.module.version(), restored = prev.module.version(), "new transform version failed too often after the swap: rolled back");
-        self.set_last(
-            "rolled_back",
-            format!(
-                "{} failed too often after the swap; {} restored",
-                bad.module.version(),
-                prev.module.version()
-            ),
+        let reason = format!(
+            "{} failed {new_failures} of {messages} records after the swap that {} handled (rate {:.3}, over {}; {both_failed} more failed in both versions and did not count); {} restored",
+            bad.module.version(),
+            prev.module.version(),
+            new_failures as f64 / messages.max(1) as f64,
+            self.config.rollback_error_rate,
+            prev.module.version()
         );
+        self.record(|s| {
+            s.refuse(bad.module.content_hash(), "rolled_back", &reason)?;
+            s.running(prev.module.content_hash())
+        });
+        tracing::error!(pipeline = %self.pipeline, bad = bad.module.version(), restored = prev.module.version(), new_failures, messages, both_failed, "new transform version failed too often after the swap: rolled back");
+        self.set_last("rolled_back", reason);
     }
 
     /// Check a candidate and, if it passes, make it the running version (workers pick it up
@@ -263,6 +390,17 @@ impl LiveTransform {
                 module.version()
             )));
         }
+        let rolled_back = (cur.module.content_hash() != module.content_hash())
+            .then(|| self.state()?.refusal(module.content_hash()))
+            .flatten()
+            .filter(|r| r.decision == "rolled_back");
+        if let Some(r) = rolled_back {
+            return Err(self.reject(format!(
+                "{} was rolled back before ({}); it stays out until the ban is lifted or the deployment record removed",
+                module.version(),
+                r.reason
+            )));
+        }
         let sample: Vec<Message> = self
             .recent
             .lock()
@@ -289,8 +427,13 @@ impl LiveTransform {
             settings,
             generation,
         });
+        // The version it replaces stays warm through the probation: failures are re-run on
+        // it, and a rollback needs no compile.
+        let warm = TransformInstance::new(cur.module.clone(), cur.settings.clone()).ok();
         *self.probation.lock().unwrap_or_else(|p| p.into_inner()) = Probation {
-            batches_left: self.config.probation_batches,
+            active: true,
+            started: Some(std::time::Instant::now()),
+            previous: warm,
             ..Default::default()
         };
         self.generation.store(generation, Ordering::Release);

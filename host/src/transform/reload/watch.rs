@@ -174,7 +174,11 @@ pub fn swap_pipeline(
         p.limits.max_component_bytes(),
     )
     .map_err(|e| live.reject(e.to_string()))?;
-    live.try_swap(module, settings)
+    let hash = module.content_hash().to_string();
+    live.try_swap(module, settings)?;
+    // Config-level refusals are not the module's fault: only acceptance is recorded.
+    live.record_accepted(&hash, None);
+    Ok(())
 }
 
 /// Watch the transform files and swap in changed ones; runs until `stop` is set.
@@ -233,8 +237,12 @@ pub fn watch(
             if let Some(c) = &current_config {
                 files.extend(enrichment_files(c).into_iter().map(|(_, f)| f));
             }
+            // A symlinked file is watched where it points too: an edit of the target is an
+            // edit of the file.
+            let targets: Vec<PathBuf> = files.iter().filter_map(|p| p.canonicalize().ok()).collect();
             let mut dirs: Vec<PathBuf> = files
                 .iter()
+                .chain(&targets)
                 .filter_map(|p| {
                     p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() })
                 })
@@ -298,13 +306,20 @@ pub fn watch(
         .expect("cannot start the reload thread")
 }
 
+/// Whether an event's path names the watched file: the same directory (through symlinks),
+/// or the same file at the end of a symlink (a config linked from elsewhere).
 fn same_file(a: &Path, b: &Path) -> bool {
-    let canon = |p: &Path| {
-        p.parent()
-            .and_then(|d| d.canonicalize().ok())
+    let in_dir = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        dir.unwrap_or(Path::new("."))
+            .canonicalize()
+            .ok()
             .map(|d| d.join(p.file_name().unwrap_or_default()))
     };
-    a == b || (canon(a).is_some() && canon(a) == canon(b))
+    let target = |p: &Path| p.canonicalize().ok();
+    a == b
+        || (in_dir(a).is_some() && in_dir(a) == in_dir(b))
+        || (target(a).is_some() && target(a) == target(b))
 }
 
 /// Load `file` as a candidate for `live` and swap it in if it passes.
@@ -331,22 +346,23 @@ pub fn reload_file(live: &LiveTransform, file: &Path, engine: &TransformEngine) 
     {
         let mut seen = live.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.as_deref() == Some(hash.as_str()) {
+            tracing::info!(pipeline = %live.pipeline, file = %file.display(), "transform file written with the content last evaluated; nothing to decide");
             return;
         }
-        *seen = Some(hash);
+        *seen = Some(hash.clone());
     }
     let name = file
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("transform");
     let settings = live.current().settings.clone();
-    match engine.load(name, &bytes) {
-        Ok(module) => {
-            let _ = live.try_swap(module, settings);
-        }
-        Err(e) => {
-            live.reject(e.to_string());
-        }
+    let decided = match engine.load(name, &bytes) {
+        Ok(module) => live.try_swap(module, settings),
+        Err(e) => Err(live.reject(e.to_string())),
+    };
+    match decided {
+        Ok(()) => live.record_accepted(&hash, Some(&bytes)),
+        Err(r) => live.record_refused(&hash, "rejected", &r.0),
     }
 }
 

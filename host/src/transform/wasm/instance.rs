@@ -274,6 +274,8 @@ pub struct TransformInstance {
     live: Option<Live>,
     stats: InstanceStats,
     counters: HashMap<String, i64>,
+    /// Traps are expected here (a shadow check of a candidate): logged at debug, not WARN.
+    quiet_traps: bool,
 }
 
 impl TransformInstance {
@@ -288,9 +290,50 @@ impl TransformInstance {
             live: None,
             stats: InstanceStats::default(),
             counters: HashMap::new(),
+            quiet_traps: false,
         };
         inst.live = Some(inst.instantiate()?);
         Ok(inst)
+    }
+
+    /// Log this instance's traps at debug level: a check that runs a candidate expects them
+    /// and reports them in its decision (one summary instead of a WARN per record).
+    pub fn quiet_traps(mut self) -> Self {
+        self.quiet_traps = true;
+        self
+    }
+
+    /// One `process` call for the whole batch, without poison isolation: a trap is the
+    /// error. For a check that must not spend one deadline per record on a looping candidate.
+    pub fn process_once(
+        &mut self,
+        batch: &[Message],
+        now_us: i64,
+    ) -> Result<Vec<MessageResult>, TransformError> {
+        let mut p = Processed {
+            results: Vec::with_capacity(batch.len()),
+            store: RowStore::default(),
+            now_us,
+        };
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outs = self.call(batch, &mut p.store)?;
+        if outs.len() != batch.len() {
+            return Err(TransformError::new(
+                self.module.version(),
+                ErrorKind::Contract(format!(
+                    "returned {} outcomes for {} messages",
+                    outs.len(),
+                    batch.len()
+                )),
+            ));
+        }
+        for o in outs {
+            let r = self.finish(&p.store, o);
+            p.results.push(r);
+        }
+        Ok(p.into_owned(batch))
     }
 
     /// The module this instance runs.
@@ -444,7 +487,11 @@ impl TransformInstance {
                 store.reset(mark);
                 self.stats.traps += 1;
                 let err = self.classify(&mut live.store, e);
-                tracing::warn!(transform = self.module.version(), error = %err, batch = batch.len(), "transform trapped; instance will be rebuilt");
+                if self.quiet_traps {
+                    tracing::debug!(transform = self.module.version(), error = %err, batch = batch.len(), "candidate trapped in a check");
+                } else {
+                    tracing::warn!(transform = self.module.version(), error = %err, batch = batch.len(), "transform trapped; instance will be rebuilt");
+                }
                 Err(err)
             }
         }
