@@ -58,6 +58,12 @@ fn hash12(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Whether the version label `v` (`name@<module>.<config and tables>`) names the module
+/// `bytes`.
+fn runs(v: &str, bytes: &[u8]) -> bool {
+    v.contains(&format!("@{}.", hash12(bytes)))
+}
+
 /// A raw-logs pipeline whose transform is `transform_line`, watched for changes (200 ms
 /// debounce) and shadow-checked on `shadow` messages before a swap.
 fn reload_config(broker: &Broker, group: &str, transform_line: &str, shadow: u32) -> String {
@@ -137,10 +143,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
         (&other_world, DeleteThenCreate, false),
         (&raw_logs, TempThenRename, true),
     ];
-    let broken: HashSet<String> = [&init_fails, &traps, &half]
-        .iter()
-        .map(|b| hash12(b))
-        .collect();
+    let broken = [&init_fails, &traps, &half];
     let mut accepted = 0;
     for (i, (bytes, how, ok)) in steps.iter().enumerate() {
         let before = transforms(&addr)[0]["last_reload"]["at_unix_ms"]
@@ -175,10 +178,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
         if *ok {
             accepted += 1;
             assert!(
-                t[0]["running_version"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(&hash12(bytes)),
+                runs(t[0]["running_version"].as_str().unwrap(), bytes),
                 "{t}"
             );
         }
@@ -240,7 +240,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
         );
         let v = r["transform_version"].as_str().unwrap().to_string();
         assert!(
-            !broken.iter().any(|h| v.ends_with(h.as_str())),
+            !broken.iter().any(|b| runs(&v, b)),
             "a broken candidate processed a live message: {v}"
         );
         versions.entry(key).or_default().insert(v);
@@ -261,7 +261,7 @@ fn twenty_replacements_under_load_lose_nothing_and_let_nothing_broken_in() {
     }
     let seen: HashSet<&String> = versions.values().flatten().collect();
     assert!(
-        seen.iter().any(|v| v.ends_with(&hash12(&team))),
+        seen.iter().any(|v| runs(v, &team)),
         "the new version never ran: {seen:?}"
     );
     assert_eq!(
@@ -402,6 +402,42 @@ fn enrichment_and_config_edits_on_disk_are_swapped_under_load() {
     let teams = pg1_teams(&data);
     assert!(switched_for_good(&teams, "gamma"));
     assert!(teams.iter().any(|(_, t)| t == "alpha") && teams.iter().any(|(_, t)| t == "beta"));
+
+    // Lineage names the whole version: the same module under three tables is three versions
+    // in the rows, each team written under exactly one of them.
+    let module = std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap();
+    let mut by_team: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in all.iter().filter(|r| r["entity_id"] == "pg-1") {
+        let tags: Value = serde_json::from_str(r["tags"].as_str().unwrap()).unwrap();
+        let v = r["transform_version"].as_str().unwrap().to_string();
+        assert!(runs(&v, &module), "{v}");
+        by_team
+            .entry(tags["team"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .insert(v);
+    }
+    let labels: HashSet<&String> = by_team.values().flatten().collect();
+    assert_eq!(labels.len(), 3, "{by_team:?}");
+    assert!(by_team.values().all(|v| v.len() == 1), "{by_team:?}");
+    let swaps: Vec<String> = p
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("transform swapped"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(swaps.len(), 2, "{swaps:?}");
+    let field = |l: &str, k: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_string)
+    };
+    for l in &swaps {
+        let (from, to) = (field(l, "from="), field(l, "to="));
+        assert!(
+            from.is_some() && from != to,
+            "a swap names two versions: {l}"
+        );
+    }
 }
 
 /// The rows of the events table and the dead letters of the process behind `addr`.
@@ -475,9 +511,8 @@ fn a_restart_does_not_bring_a_rejected_module_back() {
     let (p, addr) = start();
     p.wait_joined("group join after the restart");
     let t = transforms(&addr);
-    assert_eq!(
-        t[0]["running_version"],
-        format!("raw-logs@{}", hash12(&good)),
+    assert!(
+        runs(t[0]["running_version"].as_str().unwrap(), &good),
         "{t}"
     );
     assert_eq!(t[0]["last_reload"]["result"], "refused_at_start", "{t}");
@@ -506,10 +541,228 @@ fn a_restart_does_not_bring_a_rejected_module_back() {
     std::fs::remove_dir_all(data.join(".state")).unwrap();
     let (p, addr) = start();
     let t = transforms(&addr);
-    assert_eq!(
-        t[0]["running_version"],
-        format!("traps-always@{}", hash12(&traps)).replace("traps-always", "raw-logs"),
+    assert!(
+        runs(t[0]["running_version"].as_str().unwrap(), &traps),
         "{t}"
     );
     stop(p);
+}
+
+/// `vast-processor transform ...` against a running processor.
+fn vp(dir: &Path, args: &[&str], token: Option<&str>) -> (i32, String, String) {
+    let mut c = std::process::Command::new(VP);
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("VAST_PROCESSOR_ADMIN_TOKEN");
+    if let Some(t) = token {
+        c.env("VAST_PROCESSOR_ADMIN_TOKEN", t);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// No way to ask "deploy this and tell me the decision", to roll back or pin by hand, or to
+/// lift a ban; `previous_version` was null after a rollback. Now the CLI drives all of it
+/// through the admin address, write endpoints behind the token, under load.
+#[test]
+fn deployments_are_driven_from_the_command_line() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 1);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("transforms")).unwrap();
+    let wasm = d.join("transforms/raw-logs.wasm");
+    let good = vast_guest_artifacts::RAW_LOGS.to_vec();
+    let team = std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap();
+    let traps = std::fs::read(vast_test_guests::TRAPS_ALWAYS_PATH).unwrap();
+    std::fs::write(&wasm, &good).unwrap();
+    std::fs::write(d.join("team.wasm"), &team).unwrap();
+    std::fs::write(d.join("traps.wasm"), &traps).unwrap();
+    std::fs::write(d.join("garbage.wasm"), b"not a component").unwrap();
+    // No shadow sample: a trapping version gets through to its probation, which must catch it.
+    let cfg = reload_config(
+        &broker,
+        "e2e-cli",
+        "transform = \"transforms/raw-logs.wasm\"",
+        0,
+    )
+    .replace(
+        "[reload]\n",
+        "[reload]\nprobation_batches = 2\nprobation_records = 60\nprobation_seconds = 2\n",
+    );
+    let token = "tok-9f3a61";
+    let data = d.join("data");
+    let mut p = Processor::start_with_env(
+        VP,
+        d,
+        &cfg,
+        &data,
+        &[],
+        &[("VAST_PROCESSOR_ADMIN_TOKEN", token.to_string())],
+    );
+    p.wait_joined("group join");
+    let addr = admin_addr(&p.log_text()).expect("admin address in the log");
+    let load = Load::start(
+        &broker.addr,
+        "raw-logs",
+        40,
+        0,
+        3,
+        Duration::from_millis(100),
+    );
+    wait_until(Duration::from_secs(30), "traffic", || {
+        rows(&data, vast_processor::model::Table::Events).len() > 40
+    });
+    let admin = ["--admin", addr.as_str()];
+    let run = |args: &[&str], tok: Option<&str>| {
+        let all: Vec<&str> = args.iter().copied().chain(admin).collect();
+        vp(d, &all, tok)
+    };
+
+    let (code, out, _) = run(&["transform", "status"], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("raw-logs: running raw-logs@{}.", hash12(&good))),
+        "{out}"
+    );
+
+    // Writes need the token.
+    let (code, _, err) = run(
+        &["transform", "deploy", "--pipeline", "raw-logs", "team.wasm"],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused (403)"), "{err}");
+    assert_eq!(std::fs::read(&wasm).unwrap(), good, "nothing was installed");
+
+    // A good version, waited for through its probation.
+    let (code, out, err) = run(
+        &[
+            "transform",
+            "deploy",
+            "--pipeline",
+            "raw-logs",
+            "team.wasm",
+            "--wait",
+        ],
+        Some(token),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("raw-logs: accepted") && out.contains("passed its probation"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&wasm).unwrap(),
+        team,
+        "installed where the pipeline reads it"
+    );
+
+    // Not a component: rejected at once, exit 1 with the reason.
+    let (code, out, _) = run(
+        &[
+            "transform",
+            "deploy",
+            "--pipeline",
+            "raw-logs",
+            "garbage.wasm",
+        ],
+        Some(token),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("raw-logs: rejected:"), "{out}");
+
+    // A version that traps in production: rolled back in its probation.
+    let (code, out, err) = run(
+        &[
+            "transform",
+            "deploy",
+            "--pipeline",
+            "raw-logs",
+            "traps.wasm",
+            "--wait",
+        ],
+        Some(token),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("rolled back"), "{out}");
+    let t = &transforms(&addr)[0];
+    assert!(runs(t["running_version"].as_str().unwrap(), &team), "{t}");
+    assert!(runs(t["previous_version"].as_str().unwrap(), &traps), "{t}");
+    let (_, out, _) = run(&["transform", "status"], None);
+    assert!(
+        out.contains(&format!("banned {}: rolled_back", hash12(&traps))),
+        "{out}"
+    );
+
+    // A manual rollback to what ran before team: the good module.
+    let (code, out, _) = run(&["transform", "rollback", "raw-logs"], Some(token));
+    assert_eq!(code, 0, "{out}");
+    let t = &transforms(&addr)[0];
+    assert!(runs(t["previous_version"].as_str().unwrap(), &team), "{t}");
+
+    // Pin the good module; a file written meanwhile is not deployed; unpin judges it.
+    let (code, out, _) = run(
+        &[
+            "transform",
+            "pin",
+            "raw-logs",
+            &format!("raw-logs@{}", hash12(&good)),
+        ],
+        Some(token),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(runs(
+        transforms(&addr)[0]["running_version"].as_str().unwrap(),
+        &good
+    ));
+    let (code, _, err) = run(
+        &["transform", "deploy", "--pipeline", "raw-logs", "team.wasm"],
+        Some(token),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("pinned"), "{err}");
+    // team was rolled back by hand, so it is banned: unban it, then unpin to deploy the file.
+    std::fs::write(&wasm, &team).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(runs(
+        transforms(&addr)[0]["running_version"].as_str().unwrap(),
+        &good
+    ));
+    let (code, out, _) = run(
+        &["transform", "unban", "raw-logs", &hash12(&team)],
+        Some(token),
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = run(&["transform", "unpin", "raw-logs"], Some(token));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("then the transform file: accepted"), "{out}");
+    assert!(runs(
+        transforms(&addr)[0]["running_version"].as_str().unwrap(),
+        &team
+    ));
+
+    let produced = load.finish();
+    wait_until(Duration::from_secs(60), "every record to land", || {
+        let (rows, letters) = delivered(&addr);
+        rows + letters >= produced.len() as f64
+    });
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    assert!(
+        !p.log_text().contains(token),
+        "the token never appears in the log"
+    );
+    let all = rows(&data, vast_processor::model::Table::Events);
+    let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), all.len(), "no duplicates");
 }

@@ -18,6 +18,7 @@ fn server(dir: &std::path::Path) -> AdminServer {
             sink: Arc::new(ParquetSink::new(dir)),
             group: "g".into(),
             live: vec![],
+            control: None,
         },
     )
     .unwrap()

@@ -411,3 +411,95 @@ fn a_looping_candidate_is_rejected_after_one_deadline_not_one_per_shadow_record(
         "{err}"
     );
 }
+
+/// An enrichment edit that changed every row's `team`, or dropped the column, was accepted
+/// without a word: the check compared failures only. Now the rows are compared: the decision
+/// names what changed, and `reload.shadow_max_changed` can refuse a change that is too big.
+#[test]
+fn output_changes_are_reported_and_refused_over_shadow_max_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(vast_test_guests::TEAM_ENRICH_PATH, d.join("team.wasm")).unwrap();
+    let start = |reload: &str| {
+        std::fs::write(d.join("teams.csv"), "entity_id,team,owner\npg-1,dba,ann\n").unwrap();
+        let cfg_path = d.join("pipelines.toml");
+        std::fs::write(
+            &cfg_path,
+            format!("{reload}[[pipelines]]\ntopic = \"raw-logs\"\ntransform = \"team.wasm\"\nconfig = {{ table = \"teams\" }}\n[pipelines.enrichment.teams]\npath = \"teams.csv\"\n"),
+        )
+        .unwrap();
+        let config = vast_processor::config::Config::load(&cfg_path).unwrap();
+        let engine = TransformEngine::new(None).unwrap();
+        let live = vast_processor::pipeline::load_pipelines(&config, &engine).unwrap()[0]
+            .live
+            .clone();
+        live.remember(&msgs(0, 40));
+        (config, engine, live)
+    };
+
+    // Report only (the default): accepted, with what changed in the decision.
+    let (config, engine, live) = start("");
+    let before = live.current().label().to_string();
+    std::fs::write(
+        d.join("teams.csv"),
+        "entity_id,team,owner\npg-1,storage,ann\n",
+    )
+    .unwrap();
+    vast_processor::transform::reload::swap_pipeline(&live, &config.pipelines[0], &config, &engine)
+        .unwrap();
+    let last = live.last();
+    let diff = last.output_diff.clone().expect("a diff with the decision");
+    assert_eq!((diff.compared, diff.changed), (40, 40), "{diff:?}");
+    assert_eq!(diff.fields.keys().collect::<Vec<_>>(), ["tags.team"]);
+    assert_eq!(
+        diff.examples[0],
+        r#"raw-logs/0@0: tags.team "dba" -> "storage""#
+    );
+    assert!(
+        last.detail
+            .contains("40 of 40 records changed output (tags.team 40)"),
+        "{}",
+        last.detail
+    );
+    // Same module, other table content: another version in the rows' lineage.
+    let after = live.current().label().to_string();
+    assert_ne!(before, after);
+    assert_eq!(
+        before.split('.').next(),
+        after.split('.').next(),
+        "{before} {after}"
+    );
+
+    // A column dropped: the tag is gone from every row, and that is named too.
+    std::fs::write(d.join("teams.csv"), "entity_id,owner\npg-1,ann\n").unwrap();
+    vast_processor::transform::reload::swap_pipeline(&live, &config.pipelines[0], &config, &engine)
+        .unwrap();
+    let diff = live.last().output_diff.unwrap();
+    assert_eq!(diff.changed, 40);
+    assert!(
+        diff.examples[0].contains(r#"tags.team "storage" -> null"#),
+        "{diff:?}"
+    );
+
+    // Refused over the limit: the running version (and its team) stays.
+    let (config, engine, live) = start("[reload]\nshadow_max_changed = 0.5\n");
+    std::fs::write(
+        d.join("teams.csv"),
+        "entity_id,team,owner\npg-1,storage,ann\n",
+    )
+    .unwrap();
+    let err = vast_processor::transform::reload::swap_pipeline(
+        &live,
+        &config.pipelines[0],
+        &config,
+        &engine,
+    )
+    .unwrap_err();
+    assert!(
+        err.0.contains("40 of 40 records changed output")
+            && err.0.contains("shadow_max_changed = 0.5"),
+        "{err}"
+    );
+    assert_eq!(team_tag(&live).as_deref(), Some("dba"));
+    assert_eq!(live.last().result, "rejected");
+}

@@ -116,6 +116,10 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             sink: sink.clone(),
             group: config.kafka.group_id.clone(),
             live,
+            control: Some(Arc::new(crate::admin::control::Control {
+                engine: engine.clone(),
+                token: config.admin.token.clone().filter(|t| !t.is_empty()),
+            })),
         },
     )?;
     let opts = RunOptions {
@@ -338,7 +342,7 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
             Ok(specs) => println!(
                 "pipeline {}: transform {} loads and accepts its config",
                 p.name(),
-                specs[0].live.current().module.version()
+                specs[0].live.current().label()
             ),
             Err(e) => {
                 ok = false;

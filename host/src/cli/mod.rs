@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod scaffold;
+pub mod transform_admin;
 pub mod transform_test;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +60,8 @@ enum TransformCommand {
     Test(transform_test::TestArgs),
     /// Create a new transform crate (with a golden test) to build into a .wasm.
     New(scaffold::NewArgs),
+    #[command(flatten)]
+    Admin(transform_admin::AdminCommand),
 }
 
 /// `mi_option_purge_delay` in mimalloc's `mi_option_t` (not exported by libmimalloc-sys).
@@ -135,6 +138,7 @@ pub fn main() -> ExitCode {
                 println!("next: cd {} && cat README.md", root.display());
                 ExitCode::SUCCESS
             }),
+        Command::Transform(TransformCommand::Admin(cmd)) => transform_admin::run(cmd),
         Command::Transform(TransformCommand::Test(args)) => (|| {
             let engine = crate::transform::wasm::TransformEngine::new(cache)?;
             let outcome = transform_test::run(

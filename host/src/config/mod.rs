@@ -113,18 +113,32 @@ impl RuntimeConfig {
     }
 }
 
-/// `[admin]`: the HTTP server for /metrics, /healthz and /readyz.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[admin]`: the HTTP server for /metrics, /healthz, /readyz and /transforms.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Listen address; loopback by default. `--admin-addr` overrides it.
     pub addr: String,
+    /// Bearer token the write endpoints (deploy, rollback, pin, unpin, unban) require; without
+    /// one they are open on a loopback address only. `VAST_PROCESSOR_ADMIN_TOKEN` sets it.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never appears in logs.
+        f.debug_struct("AdminConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             addr: "127.0.0.1:9464".into(),
+            token: None,
         }
     }
 }
@@ -270,6 +284,7 @@ impl Config {
         fraction(rl.rollback_error_rate).map_err(|m| at("reload.rollback_error_rate", m))?;
         fraction(rl.shadow_max_new_failures)
             .map_err(|m| at("reload.shadow_max_new_failures", m))?;
+        fraction(rl.shadow_max_changed).map_err(|m| at("reload.shadow_max_changed", m))?;
         in_range(rl.shadow_messages, 0, 100_000, "messages")
             .map_err(|m| at("reload.shadow_messages", m))?;
         in_range(rl.debounce_ms, 0, 60_000, "ms").map_err(|m| at("reload.debounce_ms", m))?;
@@ -325,6 +340,7 @@ impl Config {
                     self.pipelines
                         .retain(|p| wanted.contains(&p.topic.as_str()));
                 }
+                "VAST_PROCESSOR_ADMIN_TOKEN" => self.admin.token = Some(value),
                 "VAST_ENDPOINT" => vast.endpoint = Some(value),
                 "VAST_ACCESS_KEY" => vast.access_key = Some(value),
                 "VAST_SECRET_KEY" => vast.secret_key = Some(value),
@@ -557,6 +573,10 @@ mod tests {
             (
                 "[reload]\nshadow_max_new_failures = -0.1\n",
                 "reload.shadow_max_new_failures",
+            ),
+            (
+                "[reload]\nshadow_max_changed = 2\n",
+                "reload.shadow_max_changed",
             ),
             (
                 "[reload]\nshadow_messages = 100000000\n",

@@ -14,6 +14,9 @@ pub struct ReloadConfig {
     pub shadow_messages: usize,
     /// Largest fraction of shadow messages the candidate may fail that the running version accepted.
     pub shadow_max_new_failures: f64,
+    /// Largest fraction of shadow messages whose rows the candidate may change (table, row
+    /// count or any field); 1.0 reports the changes and refuses nothing.
+    pub shadow_max_changed: f64,
     /// A new version is watched after its swap for at least this many batches, ...
     pub probation_batches: u64,
     /// ... this many records ...
@@ -32,6 +35,7 @@ impl Default for ReloadConfig {
             debounce_ms: 300,
             shadow_messages: 200,
             shadow_max_new_failures: 0.0,
+            shadow_max_changed: 1.0,
             probation_batches: 10,
             probation_records: 1000,
             probation_seconds: 60,

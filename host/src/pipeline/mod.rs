@@ -67,6 +67,95 @@ pub fn load_pipelines(
     load_pipelines_with_state(config, engine, None)
 }
 
+/// How a pipeline starts, next to its module.
+enum Start {
+    /// The transform (its file, when it has one) runs.
+    File,
+    /// The file's content was refused (or cannot be loaded): the last accepted version runs.
+    Refused { hash: String, why: String },
+    /// A version pinned by hand runs, whatever the file holds.
+    Pinned,
+}
+
+/// The module a pipeline starts with: the pinned version, else the file unless its content
+/// was refused (then the last accepted version, if one is kept and runs).
+fn choose_module(
+    p: &crate::config::PipelineConfig,
+    config: &Config,
+    engine: &TransformEngine,
+    settings: &crate::transform::wasm::InstanceSettings,
+    file: Option<&std::path::Path>,
+    store: Option<&DeploymentStore>,
+) -> Result<(Arc<TransformModule>, Start), LoadError> {
+    let max = p.limits.max_component_bytes();
+    let name = file.map_or("transform", loader::module_name);
+    // A kept version, checked to instantiate with today's settings.
+    let kept = |hash: &str, bytes: &[u8]| -> Option<Arc<TransformModule>> {
+        let ready = engine
+            .load(name, bytes)
+            .map_err(LoadError::from)
+            .and_then(|m| {
+                TransformInstance::new(m.clone(), settings.clone())?;
+                Ok(m)
+            });
+        ready
+            .inspect_err(|e| tracing::warn!(pipeline = p.name(), version = %hash, error = %e, "a kept version cannot run"))
+            .ok()
+    };
+    if let Some(s) = store
+        && let Some(pin) = s.record().pinned
+        && let Some(m) = s.bytes(&pin).and_then(|b| kept(&pin, &b))
+    {
+        let _ = s.running(&pin);
+        return Ok((m, Start::Pinned));
+    }
+    let loaded = match file {
+        Some(f) => loader::load_file(engine, f, max).map(|(m, b)| (m, Some(b))),
+        None => {
+            loader::load_transform(engine, &p.transform, &config.base_dir, max).map(|m| (m, None))
+        }
+    }
+    .and_then(|(m, b)| {
+        TransformInstance::new(m.clone(), settings.clone())?;
+        Ok((m, b))
+    });
+    // Why the file does not run, when its content was refused or cannot be loaded.
+    let refused = match (&loaded, store) {
+        (Ok((m, _)), Some(s)) => s.refusal(m.content_hash()).map(|r| {
+            (
+                m.content_hash().to_string(),
+                format!("its content was {} before: {}", r.decision, r.reason),
+            )
+        }),
+        (Err(e), Some(_)) => Some((String::new(), e.to_string())),
+        _ => None,
+    };
+    if let (Some((hash, why)), Some(s)) = (&refused, store)
+        && let Some(m) = s
+            .last_accepted(hash)
+            .and_then(|(good, bytes)| kept(&good, &bytes))
+    {
+        if let Err(e) = s.running(m.content_hash()) {
+            tracing::warn!(pipeline = p.name(), error = %e, "cannot write the deployment record");
+        }
+        return Ok((
+            m,
+            Start::Refused {
+                hash: hash.clone(),
+                why: why.clone(),
+            },
+        ));
+    }
+    let (m, bytes) = loaded?;
+    if let (Some((_, why)), Some(f)) = (&refused, file) {
+        tracing::warn!(pipeline = p.name(), file = %f.display(), reason = %why, "no accepted version is kept to run instead; the refused file runs");
+    }
+    if let Some(Err(e)) = store.map(|s| s.accept(m.content_hash(), bytes.as_deref())) {
+        tracing::warn!(pipeline = p.name(), error = %e, "cannot write the deployment record");
+    }
+    Ok((m, Start::File))
+}
+
 /// [`load_pipelines`] with the deployment records under `state_dir`: a transform file whose
 /// content was rejected or rolled back (or that cannot be loaded at all) does not run; the
 /// pipeline's last accepted version does, with a WARN and `/transforms` naming the file.
@@ -93,78 +182,14 @@ pub fn load_pipelines_with_state(
             },
             _ => None,
         };
-        let max = p.limits.max_component_bytes();
-        let from_file = || -> Result<(Arc<TransformModule>, Option<Vec<u8>>), LoadError> {
-            match &file {
-                Some(f) => {
-                    let bytes = loader::read_component(f, max)?;
-                    let name = f
-                        .file_stem()
-                        .and_then(|s| s.to_str())
-                        .unwrap_or("transform");
-                    let module = engine.load(name, &bytes)?;
-                    TransformInstance::new(module.clone(), settings.clone())?;
-                    Ok((module, Some(bytes)))
-                }
-                None => {
-                    let module =
-                        loader::load_transform(engine, &p.transform, &config.base_dir, max)?;
-                    TransformInstance::new(module.clone(), settings.clone())?;
-                    Ok((module, None))
-                }
-            }
-        };
-        let loaded = from_file();
-        // Why the file does not run, when its content was refused or cannot be loaded.
-        let refused = match (&loaded, &store) {
-            (Ok((m, _)), Some(s)) => s.refusal(m.content_hash()).map(|r| {
-                (
-                    m.content_hash().to_string(),
-                    format!("its content was {} before: {}", r.decision, r.reason),
-                )
-            }),
-            (Err(e), Some(_)) => Some((String::new(), e.to_string())),
-            _ => None,
-        };
-        let fallback = refused.as_ref().and_then(|(hash, why)| {
-            let s = store.as_ref()?;
-            let (good, bytes) = s.last_accepted(hash)?;
-            let name = file
-                .as_ref()
-                .and_then(|f| f.file_stem())
-                .and_then(|s| s.to_str())
-                .unwrap_or("transform");
-            match engine
-                .load(name, &bytes)
-                .map_err(LoadError::from)
-                .and_then(|m| {
-                    TransformInstance::new(m.clone(), settings.clone())?;
-                    Ok(m)
-                }) {
-                Ok(m) => Some((m, hash.clone(), why.clone())),
-                Err(e) => {
-                    tracing::warn!(pipeline = p.name(), version = %good, error = %e, "the last accepted version cannot run either");
-                    None
-                }
-            }
-        });
-        let (module, refused_file) = match (loaded, fallback) {
-            (_, Some((m, hash, why))) => (m, Some((hash, why))),
-            (Ok((m, bytes)), None) => {
-                if let (Some((_, why)), Some(f)) = (&refused, &file) {
-                    tracing::warn!(pipeline = p.name(), file = %f.display(), reason = %why, "no accepted version is kept to run instead; the refused file runs");
-                }
-                if let Some(Err(e)) = store
-                    .as_ref()
-                    .map(|s| s.accept(m.content_hash(), bytes.as_deref()))
-                {
-                    tracing::warn!(pipeline = p.name(), error = %e, "cannot write the deployment record");
-                }
-                (m, None)
-            }
-            (Err(e), None) => return Err(e),
-        };
-        tracing::info!(pipeline = p.name(), topic = %p.topic, transform = module.version(), "pipeline ready");
+        let (module, start) = choose_module(
+            p,
+            config,
+            engine,
+            &settings,
+            file.as_deref(),
+            store.as_deref(),
+        )?;
         let mut spec = PipelineSpec::new(
             p.name(),
             &p.topic,
@@ -174,14 +199,22 @@ pub fn load_pipelines_with_state(
             p.batch.clone(),
             config.reload.clone(),
         );
+        tracing::info!(pipeline = p.name(), topic = %p.topic, transform = spec.live.current().label(), "pipeline ready");
         if let Some(s) = store {
-            spec.live.attach_state(s.clone());
-            if let (Some((hash, why)), Some(f)) = (refused_file, &file) {
-                tracing::warn!(pipeline = p.name(), file = %f.display(), reason = %why, running = spec.live.current().module.version(), "transform file refused at start; the last accepted version runs");
-                spec.live.start_refusing(f, &hash, &why);
-                let _ = s.running(spec.live.current().module.content_hash());
+            spec.live.attach_state(s);
+            match (start, &file) {
+                (Start::Refused { hash, why }, Some(f)) => {
+                    tracing::warn!(pipeline = p.name(), file = %f.display(), reason = %why, running = spec.live.current().label(), "transform file refused at start; the last accepted version runs");
+                    spec.live.start_refusing(f, &hash, &why);
+                }
+                (Start::Pinned, Some(f)) => {
+                    tracing::warn!(pipeline = p.name(), file = %f.display(), running = spec.live.current().label(), "a version pinned by hand runs; the file is not deployed until `transform unpin`");
+                    spec.live.start_pinned();
+                }
+                _ => {}
             }
         }
+        spec.live.set_file(file.clone());
         spec.file = file;
         specs.push(spec);
     }

@@ -260,7 +260,7 @@ impl Worker {
                 self.metrics.pipelines[pipeline]
                     .swap_pause_seconds
                     .observe(t.elapsed().as_secs_f64());
-                tracing::info!(worker = self.id, pipeline = %spec.name, version = v.module.version(), "worker switched transform version");
+                tracing::info!(worker = self.id, pipeline = %spec.name, version = v.label(), "worker switched transform version");
             }
         }
         let instance = state.instance.as_mut().expect("just created");
@@ -304,7 +304,8 @@ impl Worker {
             .fetch_max(after.memory_high_water as u64, Ordering::Relaxed);
         pm.add_guest_counters(instance.take_counters());
         let module = instance.module().clone();
-        let version = module.version();
+        let lineage_label = instance.lineage().clone();
+        let version = &*lineage_label;
         let generation = state.generation;
         spec.live.observe(generation, msgs, processed.results());
         spec.live.remember(msgs);
@@ -332,9 +333,14 @@ impl Worker {
                     pm.dead_letter("fail");
                     tracing::info!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered");
                     state.letter_bytes += m.footprint() + error.len();
-                    state
-                        .letters
-                        .push(dead_letter(spec, &module, m, error.clone(), "fail"));
+                    state.letters.push(dead_letter(
+                        spec,
+                        &module,
+                        version,
+                        m,
+                        error.clone(),
+                        "fail",
+                    ));
                 }
                 MessageResult::Error(e) => {
                     dead += 1;
@@ -345,7 +351,7 @@ impl Worker {
                     state.letter_bytes += m.footprint() + error.len();
                     state
                         .letters
-                        .push(dead_letter(spec, &module, m, error, class));
+                        .push(dead_letter(spec, &module, version, m, error, class));
                 }
             }
             state.processed.insert(m.partition, m.offset);
@@ -605,6 +611,7 @@ fn call_budget(instance: &TransformInstance) -> usize {
 fn dead_letter(
     spec: &PipelineSpec,
     module: &TransformModule,
+    version: &str,
     m: &Message,
     error: String,
     class: &'static str,
@@ -618,7 +625,7 @@ fn dead_letter(
         error,
         error_class: class,
         transform: module.name().to_string(),
-        version: module.version().to_string(),
+        version: version.to_string(),
         topic: m.topic.clone(),
         partition: m.partition,
         offset: m.offset,

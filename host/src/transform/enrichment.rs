@@ -26,6 +26,8 @@ pub enum EnrichmentError {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Enrichment {
     tables: HashMap<String, HashMap<String, String>>,
+    /// SHA-256 (hex) of every table's content, for the version label of the rows it shaped.
+    digest: String,
 }
 
 impl Enrichment {
@@ -55,7 +57,14 @@ impl Enrichment {
             };
             tables.insert(name.clone(), rows);
         }
-        Ok(Enrichment { tables })
+        let digest = digest(&tables);
+        Ok(Enrichment { tables, digest })
+    }
+
+    /// SHA-256 (hex) of the loaded content (table names, keys and values, in sorted order):
+    /// two loads of the same tables agree, any changed value changes it. Empty without tables.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The value for `key` in `table`.
@@ -67,6 +76,32 @@ impl Enrichment {
     pub fn len(&self, table: &str) -> Option<usize> {
         self.tables.get(table).map(HashMap::len)
     }
+}
+
+fn digest(tables: &HashMap<String, HashMap<String, String>>) -> String {
+    use sha2::{Digest, Sha256};
+    if tables.is_empty() {
+        return String::new();
+    }
+    let mut h = Sha256::new();
+    let mut names: Vec<_> = tables.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tables[name];
+        let mut keys: Vec<_> = t.keys().collect();
+        keys.sort();
+        // Lengths before contents: no two different tables hash the same text.
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((t.len() as u64).to_le_bytes());
+        for k in keys {
+            for part in [k.as_str(), t[k].as_str()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+    }
+    crate::transform::wasm::engine::hex(&h.finalize())
 }
 
 /// CSV with a header row; each row becomes a JSON object of column → value, keyed by the
@@ -149,6 +184,16 @@ mod tests {
         assert_eq!(e.lookup("json", "a"), Some("x"));
         assert_eq!(e.lookup("json", "b"), Some(r#"{"n":1}"#));
         assert_eq!(e.len("csv"), Some(2));
+        let again = Enrichment::load(&specs, dir.path()).unwrap();
+        assert_eq!(e.digest(), again.digest(), "same content, same digest");
+        std::fs::write(
+            dir.path().join("t.csv"),
+            "host,team,owner\npg-1,dba,ann\npg-2,ops,bob\n",
+        )
+        .unwrap();
+        let changed = Enrichment::load(&specs, dir.path()).unwrap();
+        assert_ne!(e.digest(), changed.digest(), "one value changed");
+        assert_eq!(Enrichment::default().digest(), "");
     }
 
     #[test]

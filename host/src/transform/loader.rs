@@ -54,16 +54,26 @@ pub fn load_transform(
                 .ok_or_else(|| ConfigError::UnknownTransform(name.to_string()))?;
             Ok(engine.load(name, bytes)?)
         }
-        TransformSource::File(path) => {
-            let bytes = read_component(&path, max_bytes)?;
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("transform")
-                .to_string();
-            Ok(engine.load(&name, &bytes)?)
-        }
+        TransformSource::File(path) => Ok(load_file(engine, &path, max_bytes)?.0),
     }
+}
+
+/// The name a transform file's versions carry: its file stem.
+pub fn module_name(path: &Path) -> &str {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("transform")
+}
+
+/// Read (within `max_bytes`) and compile a transform file; its bytes too, for the record.
+pub fn load_file(
+    engine: &TransformEngine,
+    path: &Path,
+    max_bytes: u64,
+) -> Result<(Arc<TransformModule>, Vec<u8>), LoadError> {
+    let bytes = read_component(path, max_bytes)?;
+    let module = engine.load(module_name(path), &bytes)?;
+    Ok((module, bytes))
 }
 
 /// Read a component file: a regular file of at most `max_bytes`, opened without blocking. A

@@ -7,15 +7,18 @@ mod policy;
 mod state;
 mod watch;
 
-pub use policy::{shadow_check, should_roll_back};
+pub use policy::{OutputDiff, ShadowLimits, shadow_check, should_roll_back};
 pub use state::{DeploymentStore, Record, Refusal, StateError};
 pub use watch::{
-    Debouncer, Watched, apply_config_change, enrichment_files, reload_file, swap_pipeline, watch,
+    Debouncer, Decision, Watched, apply_config_change, deploy, enrichment_files, reevaluate,
+    reload_file, swap_pipeline, watch,
 };
 
 use crate::config::ReloadConfig;
 use crate::model::Message;
-use crate::transform::wasm::{InstanceSettings, MessageResult, TransformInstance, TransformModule};
+use crate::transform::wasm::{
+    InstanceSettings, MessageResult, TransformEngine, TransformInstance, TransformModule, lineage,
+};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,26 @@ pub struct Version {
     pub module: Arc<TransformModule>,
     pub settings: InstanceSettings,
     pub generation: u64,
+    /// Module, config and tables together (see [`lineage`]): what its rows carry.
+    label: String,
+}
+
+impl Version {
+    /// `module` with `settings`, as generation `generation`.
+    pub fn new(module: Arc<TransformModule>, settings: InstanceSettings, generation: u64) -> Self {
+        let label = lineage(&module, &settings);
+        Version {
+            module,
+            settings,
+            generation,
+            label,
+        }
+    }
+
+    /// `name@<module>.<config and tables>`, the `transform_version` of its rows.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
 }
 
 /// Outcome of the last reload attempt, for `/transforms`.
@@ -35,6 +58,9 @@ pub struct LastReload {
     pub result: String,
     pub detail: String,
     pub at_unix_ms: u128,
+    /// How the accepted candidate's rows differ from its predecessor's on the shadow sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_diff: Option<OutputDiff>,
 }
 
 /// The watch on a new version after its swap. Only what it does worse than the version it
@@ -88,6 +114,14 @@ pub struct LiveTransform {
     state: Mutex<Option<Arc<DeploymentStore>>>,
     /// The transform file that is not running because its content was refused, and why.
     refused_file: Mutex<Option<RefusedFile>>,
+    /// The transform file the pipeline reads (none for a bundled transform).
+    file: Mutex<Option<std::path::PathBuf>>,
+    /// Held while a candidate is decided: a deploy by hand and the watcher take turns.
+    deciding: Mutex<()>,
+    /// Pinned by hand: no candidate is deployed until it is unpinned.
+    pinned: std::sync::atomic::AtomicBool,
+    /// The candidate being checked now, for `/transforms`.
+    checking: Mutex<Option<Checking>>,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub rolled_back: AtomicU64,
@@ -109,6 +143,28 @@ pub struct RefusedFile {
     pub reason: String,
 }
 
+/// A candidate under its shadow check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checking {
+    pub candidate: String,
+    pub shadow_messages: usize,
+    pub started_unix_ms: u128,
+}
+
+/// How far a new version's probation has come.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbationProgress {
+    pub messages: u64,
+    pub batches: u64,
+    pub new_failures: u64,
+    pub both_failed: u64,
+    pub seconds: f64,
+    /// The minimums it must reach (records, batches, seconds).
+    pub needs_messages: u64,
+    pub needs_batches: u64,
+    pub needs_seconds: u64,
+}
+
 /// A candidate that was refused, with why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -124,11 +180,7 @@ impl LiveTransform {
     ) -> Self {
         LiveTransform {
             pipeline: pipeline.into(),
-            current: RwLock::new(Arc::new(Version {
-                module,
-                settings,
-                generation: 0,
-            })),
+            current: RwLock::new(Arc::new(Version::new(module, settings, 0))),
             previous: Mutex::new(None),
             generation: AtomicU64::new(0),
             probation: Mutex::new(Probation::default()),
@@ -139,9 +191,14 @@ impl LiveTransform {
                 result: "initial".into(),
                 detail: String::new(),
                 at_unix_ms: now_ms(),
+                output_diff: None,
             }),
             state: Mutex::new(None),
             refused_file: Mutex::new(None),
+            file: Mutex::new(None),
+            deciding: Mutex::new(()),
+            pinned: std::sync::atomic::AtomicBool::new(false),
+            checking: Mutex::new(None),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             rolled_back: AtomicU64::new(0),
@@ -192,7 +249,7 @@ impl LiveTransform {
             format!(
                 "{} is not run ({reason}); {} runs, the last accepted version",
                 file.display(),
-                self.current().module.version()
+                self.current().label()
             ),
         );
     }
@@ -203,6 +260,57 @@ impl LiveTransform {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Set the transform file the pipeline reads.
+    pub fn set_file(&self, file: Option<std::path::PathBuf>) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
+    }
+
+    /// The transform file the pipeline reads, if it has one.
+    pub fn file(&self) -> Option<std::path::PathBuf> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a version is pinned by hand.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Acquire)
+    }
+
+    /// At start: the pinned version (from the record) runs.
+    pub fn start_pinned(&self) {
+        self.pinned.store(true, Ordering::Release);
+        self.set_last(
+            "pinned",
+            format!(
+                "{} runs, pinned by hand; the file is not deployed until `transform unpin {}`",
+                self.current().label(),
+                self.pipeline
+            ),
+        );
+    }
+
+    /// The candidate being checked, if any.
+    pub fn checking(&self) -> Option<Checking> {
+        self.checking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The probation in progress, if any.
+    pub fn probation(&self) -> Option<ProbationProgress> {
+        let p = self.probation.lock().unwrap_or_else(|p| p.into_inner());
+        p.active.then(|| ProbationProgress {
+            messages: p.messages,
+            batches: p.batches,
+            new_failures: p.new_failures,
+            both_failed: p.both_failed,
+            seconds: p.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            needs_messages: self.config.probation_records,
+            needs_batches: self.config.probation_batches,
+            needs_seconds: self.config.probation_seconds,
+        })
     }
 
     /// The generation of the running version (cheap: workers compare it before each batch).
@@ -232,10 +340,15 @@ impl LiveTransform {
     }
 
     fn set_last(&self, result: &str, detail: String) {
+        self.set_decision(result, detail, None);
+    }
+
+    fn set_decision(&self, result: &str, detail: String, output_diff: Option<OutputDiff>) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = LastReload {
             result: result.into(),
             detail,
             at_unix_ms: now_ms(),
+            output_diff,
         };
     }
 
@@ -330,36 +443,216 @@ impl LiveTransform {
     }
 
     fn roll_back(&self, (messages, new_failures, both_failed): (u64, u64, u64)) {
-        let Some(prev) = self.previous() else {
+        let (Some(prev), bad) = (self.previous(), self.current()) else {
             return;
         };
-        let bad = self.current();
+        let reason = format!(
+            "{} failed {new_failures} of {messages} records after the swap that {} handled (rate {:.3}, over {}; {both_failed} more failed in both versions and did not count); {} restored",
+            bad.label(),
+            prev.label(),
+            new_failures as f64 / messages.max(1) as f64,
+            self.config.rollback_error_rate,
+            prev.label()
+        );
+        tracing::error!(pipeline = %self.pipeline, bad = bad.label(), restored = prev.label(), new_failures, messages, both_failed, "new transform version failed too often after the swap: rolled back");
+        self.restore(&prev, &bad, reason);
+    }
+
+    /// Run `prev` again in place of `bad`, which is banned (in the record too) as rolled back.
+    fn restore(&self, prev: &Version, bad: &Arc<Version>, reason: String) {
         *self.banned.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(bad.module.content_hash().to_string());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Version {
-            module: prev.module.clone(),
-            settings: prev.settings.clone(),
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Version::new(
+            prev.module.clone(),
+            prev.settings.clone(),
             generation,
-        });
+        ));
         *self.probation.lock().unwrap_or_else(|p| p.into_inner()) = Probation::default();
         // The rolled-back version stays visible as the previous one.
         *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(bad.clone());
         self.rolled_back.fetch_add(1, Ordering::Relaxed);
-        let reason = format!(
-            "{} failed {new_failures} of {messages} records after the swap that {} handled (rate {:.3}, over {}; {both_failed} more failed in both versions and did not count); {} restored",
-            bad.module.version(),
-            prev.module.version(),
-            new_failures as f64 / messages.max(1) as f64,
-            self.config.rollback_error_rate,
-            prev.module.version()
-        );
         self.record(|s| {
-            s.refuse(bad.module.content_hash(), "rolled_back", &reason)?;
+            if bad.module.content_hash() != prev.module.content_hash() {
+                s.refuse(bad.module.content_hash(), "rolled_back", &reason)?;
+            }
             s.running(prev.module.content_hash())
         });
-        tracing::error!(pipeline = %self.pipeline, bad = bad.module.version(), restored = prev.module.version(), new_failures, messages, both_failed, "new transform version failed too often after the swap: rolled back");
         self.set_last("rolled_back", reason);
+    }
+
+    /// Roll back by hand (`transform rollback`): the previous version runs again and the
+    /// current one is kept out (a restart included) until its ban is lifted.
+    pub fn roll_back_by_hand(&self, engine: &TransformEngine) -> Result<String, String> {
+        let _turn = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_pinned() {
+            return Err(format!(
+                "{} is pinned; `transform unpin {}` first",
+                self.current().label(),
+                self.pipeline
+            ));
+        }
+        let bad = self.current();
+        // The previous version, unless it is itself out (after an automatic rollback the
+        // previous one is the bad version): then the last accepted one the record keeps.
+        let banned = |hash: &str| {
+            self.banned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+                == Some(hash)
+                || self.state().is_some_and(|s| s.refusal(hash).is_some())
+        };
+        let prev = match self.previous().filter(|p| {
+            !banned(p.module.content_hash()) && p.module.content_hash() != bad.module.content_hash()
+        }) {
+            Some(p) => p,
+            None => {
+                let kept = self
+                    .state()
+                    .and_then(|s| s.last_accepted(bad.module.content_hash()));
+                let Some((_, bytes)) = kept else {
+                    return Err(format!(
+                        "{} has no previous version to roll back to",
+                        bad.label()
+                    ));
+                };
+                let module = engine
+                    .load(bad.module.name(), &bytes)
+                    .map_err(|e| e.to_string())?;
+                Arc::new(Version::new(module, bad.settings.clone(), 0))
+            }
+        };
+        TransformInstance::new(prev.module.clone(), prev.settings.clone())
+            .map_err(|e| format!("{} cannot run: {e}", prev.label()))?;
+        let reason = format!(
+            "{} rolled back by hand; {} restored",
+            bad.label(),
+            prev.label()
+        );
+        tracing::warn!(pipeline = %self.pipeline, bad = bad.label(), restored = prev.label(), "transform rolled back by hand");
+        self.restore(&prev, &bad, reason.clone());
+        Ok(reason)
+    }
+
+    /// Pin `want` (a version label, `name@<hash>` or a content-hash prefix of at least 6
+    /// characters): the running, the previous or a kept accepted version. It runs until
+    /// unpinned, a restart included; no candidate is deployed meanwhile.
+    pub fn pin(&self, want: &str, engine: &TransformEngine) -> Result<String, String> {
+        let _turn = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
+        let names = |name: &str, hash: &str, label: Option<&str>| {
+            label == Some(want)
+                || want == format!("{name}@{}", &hash[..hash.len().min(12)])
+                || (want.len() >= 6 && hash.starts_with(want))
+        };
+        let of = |v: &Version| names(v.module.name(), v.module.content_hash(), Some(v.label()));
+        let cur = self.current();
+        let target: Arc<Version> = if of(&cur) {
+            cur.clone()
+        } else if let Some(prev) = self.previous().filter(|p| of(p)) {
+            prev
+        } else {
+            let store = self.state();
+            let kept = store.as_ref().and_then(|s| {
+                let r = s.record();
+                let hash = r
+                    .accepted
+                    .iter()
+                    .rev()
+                    .find(|h| names(cur.module.name(), h, None))?
+                    .clone();
+                Some((hash.clone(), s.bytes(&hash)?))
+            });
+            let Some((_, bytes)) = kept else {
+                return Err(format!(
+                    "no version `{want}` is running, previous or kept (kept: {})",
+                    store.map_or_else(String::new, |s| s.record().accepted.join(", "))
+                ));
+            };
+            let module = engine
+                .load(cur.module.name(), &bytes)
+                .map_err(|e| e.to_string())?;
+            Arc::new(Version::new(module, cur.settings.clone(), 0))
+        };
+        if !Arc::ptr_eq(&target, &cur) {
+            TransformInstance::new(target.module.clone(), target.settings.clone())
+                .map_err(|e| format!("{} cannot run: {e}", target.label()))?;
+            let generation = self.generation() + 1;
+            *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(cur.clone());
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Version::new(
+                target.module.clone(),
+                target.settings.clone(),
+                generation,
+            ));
+            *self.probation.lock().unwrap_or_else(|p| p.into_inner()) = Probation::default();
+            self.generation.store(generation, Ordering::Release);
+        }
+        self.pinned.store(true, Ordering::Release);
+        let hash = target.module.content_hash().to_string();
+        self.record(|s| {
+            s.pin(Some(&hash))?;
+            s.running(&hash)
+        });
+        let label = self.current().label().to_string();
+        tracing::warn!(pipeline = %self.pipeline, version = %label, "transform pinned by hand");
+        let detail = format!("{label} pinned by hand (was {})", cur.label());
+        self.set_last("pinned", detail.clone());
+        Ok(detail)
+    }
+
+    /// Lift a pin: the next candidate (the file as it is now, when re-evaluated) is judged.
+    pub fn unpin(&self) -> Result<String, String> {
+        let _turn = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.pinned.swap(false, Ordering::AcqRel) {
+            return Err(format!("{} is not pinned", self.pipeline));
+        }
+        self.record(|s| s.pin(None));
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let detail = format!("{} unpinned", self.current().label());
+        tracing::info!(pipeline = %self.pipeline, "transform unpinned");
+        self.set_last("unpinned", detail.clone());
+        Ok(detail)
+    }
+
+    /// Lift the ban of a refused or rolled-back content (`hash`: at least 6 characters of
+    /// it): offered again, it is judged like any candidate.
+    pub fn unban(&self, hash: &str) -> Result<String, String> {
+        let _turn = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
+        if hash.len() < 6 {
+            return Err("give at least 6 characters of the content hash".into());
+        }
+        let mut lifted = Vec::new();
+        if let Some(store) = self.state() {
+            for h in store
+                .record()
+                .refused
+                .keys()
+                .filter(|h| h.starts_with(hash))
+            {
+                match store.unban(h) {
+                    Ok(true) => lifted.push(h.clone()),
+                    Ok(false) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        {
+            let mut banned = self.banned.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = banned.clone().filter(|b| b.starts_with(hash)) {
+                if !lifted.contains(&b) {
+                    lifted.push(b);
+                }
+                *banned = None;
+            }
+        }
+        if lifted.is_empty() {
+            return Err(format!("no ban of a content hash starting with `{hash}`"));
+        }
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let detail = format!("ban lifted: {}", lifted.join(", "));
+        tracing::info!(pipeline = %self.pipeline, hashes = ?lifted, "transform ban lifted by hand");
+        self.set_last("unbanned", detail.clone());
+        Ok(detail)
     }
 
     /// Check a candidate and, if it passes, make it the running version (workers pick it up
@@ -369,7 +662,15 @@ impl LiveTransform {
         module: Arc<TransformModule>,
         settings: InstanceSettings,
     ) -> Result<(), Rejected> {
+        let _turn = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current();
+        if self.is_pinned() {
+            return Err(self.reject(format!(
+                "{} is pinned by hand; `transform unpin {}` to deploy again",
+                cur.label(),
+                self.pipeline
+            )));
+        }
         if cur.module.content_hash() == module.content_hash()
             && cur.settings.config == settings.config
             && cur.settings.limits == settings.limits
@@ -409,24 +710,27 @@ impl LiveTransform {
             .iter()
             .cloned()
             .collect();
-        if let Err(why) = shadow_check(
-            &cur,
-            &module,
-            &settings,
-            &sample,
-            self.config.shadow_max_new_failures,
-        ) {
-            return Err(self.reject(why));
-        }
+        let limits = ShadowLimits {
+            max_new_failures: self.config.shadow_max_new_failures,
+            max_changed: self.config.shadow_max_changed,
+        };
+        *self.checking.lock().unwrap_or_else(|p| p.into_inner()) = Some(Checking {
+            candidate: lineage(&module, &settings),
+            shadow_messages: sample.len(),
+            started_unix_ms: now_ms(),
+        });
+        let checked = shadow_check(&cur, &module, &settings, &sample, limits);
+        *self.checking.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let diff = match checked {
+            Ok(diff) => diff,
+            Err(why) => return Err(self.reject(why)),
+        };
         *self.banned.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let generation = self.generation() + 1;
-        let version = module.version().to_string();
         *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(cur.clone());
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Version {
-            module,
-            settings,
-            generation,
-        });
+        let next = Arc::new(Version::new(module, settings, generation));
+        let version = next.label().to_string();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         // The version it replaces stays warm through the probation: failures are re-run on
         // it, and a rollback needs no compile.
         let warm = TransformInstance::new(cur.module.clone(), cur.settings.clone()).ok();
@@ -438,14 +742,16 @@ impl LiveTransform {
         };
         self.generation.store(generation, Ordering::Release);
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(pipeline = %self.pipeline, from = cur.module.version(), to = %version, shadow = sample.len(), "transform swapped");
-        self.set_last(
+        let changes = diff.summary();
+        tracing::info!(pipeline = %self.pipeline, from = %cur.label(), to = %version, shadow = sample.len(), changed = diff.changed, "transform swapped; {changes}");
+        self.set_decision(
             "accepted",
             format!(
-                "{} -> {version} (shadow-checked on {} messages)",
-                cur.module.version(),
+                "{} -> {version} (shadow-checked on {} messages; {changes})",
+                cur.label(),
                 sample.len()
             ),
+            Some(diff),
         );
         Ok(())
     }

@@ -59,6 +59,10 @@ pub struct Record {
     pub accepted: Vec<String>,
     /// Refused content hashes.
     pub refused: BTreeMap<String, Refusal>,
+    /// Content hash of a version pinned by hand: it runs (a restart included) and file
+    /// changes are not deployed until it is unpinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
 }
 
 /// The deployment record of one pipeline, kept in memory and written through.
@@ -200,6 +204,22 @@ impl DeploymentStore {
             }
         }
         self.save(&r)
+    }
+
+    /// Pin `hash` (`None`: unpin).
+    pub fn pin(&self, hash: Option<&str>) -> Result<(), StateError> {
+        let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        r.pinned = hash.map(str::to_string);
+        self.save(&r)
+    }
+
+    /// Lift the refusal of `hash`; whether there was one.
+    pub fn unban(&self, hash: &str) -> Result<bool, StateError> {
+        let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        if r.refused.remove(hash).is_none() {
+            return Ok(false);
+        }
+        self.save(&r).map(|()| true)
     }
 
     /// `hash` is the running version again (a rollback or a fallback at start).

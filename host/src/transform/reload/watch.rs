@@ -5,6 +5,7 @@
 use super::{LiveTransform, Rejected};
 use crate::config::ReloadConfig;
 use crate::transform::wasm::TransformEngine;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -322,8 +323,24 @@ fn same_file(a: &Path, b: &Path) -> bool {
         || (target(a).is_some() && target(a) == target(b))
 }
 
+/// What became of a transform file offered to a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "decision", content = "reason", rename_all = "snake_case")]
+pub enum Decision {
+    /// It runs now (or already ran: the same content).
+    Accepted,
+    /// It was refused; the running version keeps going.
+    Rejected(String),
+    /// The content last evaluated, written again: nothing to decide.
+    Unchanged,
+    /// Not deployed while a version is pinned by hand.
+    Pinned,
+    /// Gone, empty (a write in progress) or unreadable for now: nothing decided.
+    NotReady(String),
+}
+
 /// Load `file` as a candidate for `live` and swap it in if it passes.
-pub fn reload_file(live: &LiveTransform, file: &Path, engine: &TransformEngine) {
+pub fn reload_file(live: &LiveTransform, file: &Path, engine: &TransformEngine) -> Decision {
     let max = live.current().settings.limits.max_component_bytes();
     let bytes = match crate::transform::loader::read_component(file, max) {
         Ok(b) => b,
@@ -331,39 +348,101 @@ pub fn reload_file(live: &LiveTransform, file: &Path, engine: &TransformEngine) 
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
             tracing::warn!(pipeline = %live.pipeline, file = %file.display(), "transform file deleted; the running version keeps going");
-            return;
+            return Decision::NotReady("the file was deleted".into());
         }
-        Err(e) => {
-            live.reject(e.to_string());
-            return;
-        }
+        Err(e) => return Decision::Rejected(live.reject(e.to_string()).0),
     };
     if bytes.is_empty() {
         // A truncate-then-write in progress; the write that follows triggers another event.
-        return;
+        return Decision::NotReady("the file is empty".into());
+    }
+    if live.is_pinned() {
+        tracing::info!(pipeline = %live.pipeline, file = %file.display(), "transform file changed while a version is pinned; it is judged when unpinned");
+        return Decision::Pinned;
     }
     let hash = crate::transform::wasm::engine::content_hash(&bytes);
     {
         let mut seen = live.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.as_deref() == Some(hash.as_str()) {
             tracing::info!(pipeline = %live.pipeline, file = %file.display(), "transform file written with the content last evaluated; nothing to decide");
-            return;
+            return Decision::Unchanged;
         }
         *seen = Some(hash.clone());
     }
-    let name = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("transform");
     let settings = live.current().settings.clone();
-    let decided = match engine.load(name, &bytes) {
+    let decided = match engine.load(crate::transform::loader::module_name(file), &bytes) {
         Ok(module) => live.try_swap(module, settings),
         Err(e) => Err(live.reject(e.to_string())),
     };
     match decided {
-        Ok(()) => live.record_accepted(&hash, Some(&bytes)),
-        Err(r) => live.record_refused(&hash, "rejected", &r.0),
+        Ok(()) => {
+            live.record_accepted(&hash, Some(&bytes));
+            Decision::Accepted
+        }
+        Err(r) => {
+            live.record_refused(&hash, "rejected", &r.0);
+            Decision::Rejected(r.0)
+        }
     }
+}
+
+/// Install `bytes` where `live`'s pipeline reads its transform (a temporary file renamed over
+/// it, so the watcher never sees half a module) and decide on it now.
+pub fn deploy(
+    live: &LiveTransform,
+    bytes: &[u8],
+    engine: &TransformEngine,
+) -> Result<Decision, String> {
+    let Some(file) = live.file() else {
+        return Err(format!(
+            "pipeline {} runs the bundled transform {}; set its `transform` to a .wasm path to deploy files",
+            live.pipeline,
+            live.current().module.name()
+        ));
+    };
+    if live.is_pinned() {
+        return Err(format!(
+            "{} is pinned by hand; `transform unpin {}` first",
+            live.current().label(),
+            live.pipeline
+        ));
+    }
+    let max = live.current().settings.limits.max_component_bytes();
+    if bytes.is_empty() || bytes.len() as u64 > max {
+        return Err(format!(
+            "the component is {} bytes; it must be 1 to {max} (limits.max_component_mib)",
+            bytes.len()
+        ));
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.deploy-{}",
+        file.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("transform"),
+        std::process::id()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &file)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot install {}: {e}", file.display()));
+    }
+    // Judged here and now, even if the same content was judged before: a deploy asks.
+    *live.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    Ok(reload_file(live, &file, engine))
+}
+
+/// Judge the transform file as it is now (after an unpin or a lifted ban).
+pub fn reevaluate(live: &LiveTransform, engine: &TransformEngine) -> Option<Decision> {
+    let file = live.file()?;
+    *live.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    Some(reload_file(live, &file, engine))
 }
 
 #[cfg(test)]

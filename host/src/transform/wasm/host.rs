@@ -33,6 +33,31 @@ pub struct InstanceSettings {
     pub enrichment: Arc<Enrichment>,
 }
 
+impl InstanceSettings {
+    /// The first 8 hex of SHA-256 over the `init` config and the enrichment tables' content:
+    /// what decides a row besides the module. Limits are left out: they bound a call, they
+    /// do not shape its rows.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.config.len() as u64).to_le_bytes());
+        for (k, v) in &self.config {
+            for part in [k, v] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.update(self.enrichment.digest().as_bytes());
+        super::engine::hex(&h.finalize())[..8].to_string()
+    }
+}
+
+/// The whole version that shaped a row: `name@<module hash, 12 hex>.<config and tables, 8
+/// hex>`, so rows written under different configs or enrichment tables can be told apart.
+pub fn lineage(module: &super::TransformModule, settings: &InstanceSettings) -> String {
+    format!("{}.{}", module.version(), settings.fingerprint())
+}
+
 /// Host state of one store: WASI (empty), limits, and what the host imports touch.
 pub struct StoreState {
     pub(super) wasi: WasiCtx,

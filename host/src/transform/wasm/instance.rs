@@ -271,6 +271,8 @@ pub struct InstanceStats {
 pub struct TransformInstance {
     module: Arc<TransformModule>,
     settings: InstanceSettings,
+    /// [`super::lineage`] of module and settings: the version its rows carry.
+    lineage: Arc<str>,
     live: Option<Live>,
     stats: InstanceStats,
     counters: HashMap<String, i64>,
@@ -284,9 +286,11 @@ impl TransformInstance {
         module: Arc<TransformModule>,
         settings: InstanceSettings,
     ) -> Result<Self, TransformError> {
+        let lineage = Arc::from(super::lineage(&module, &settings));
         let mut inst = TransformInstance {
             module,
             settings,
+            lineage,
             live: None,
             stats: InstanceStats::default(),
             counters: HashMap::new(),
@@ -339,6 +343,11 @@ impl TransformInstance {
     /// The module this instance runs.
     pub fn module(&self) -> &Arc<TransformModule> {
         &self.module
+    }
+
+    /// The whole version its rows carry (module, config and enrichment tables).
+    pub fn lineage(&self) -> &Arc<str> {
+        &self.lineage
     }
 
     /// The settings it runs with (its config, limits and enrichment tables).

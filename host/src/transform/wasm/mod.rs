@@ -23,7 +23,7 @@ mod limiter;
 
 pub use cache::default_dir as default_cache_dir;
 pub use engine::{TransformEngine, TransformModule};
-pub use host::{InstanceSettings, Level};
+pub use host::{InstanceSettings, Level, lineage};
 pub use instance::{InstanceStats, MessageResult, Processed, RowSpan, TransformInstance};
 
 /// Why a transform could not be loaded or could not process a message: which version

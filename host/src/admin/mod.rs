@@ -2,7 +2,10 @@
 //! waits on I/O), `GET /readyz` (ready from live signals computed in the background: group
 //! membership, a reachable broker, sink writes succeeding and the sink's check, partitions
 //! with lag making progress; 503 with the reason otherwise, also the `vast_ready` metric).
-//! Binds to loopback unless configured otherwise.
+//! `GET /transforms` shows each pipeline's deployment state; `POST /transforms/...` changes
+//! it ([`control`]). Binds to loopback unless configured otherwise.
+
+pub mod control;
 
 use crate::metrics::{Metrics, Readiness};
 use crate::pipeline::RunStats;
@@ -31,6 +34,8 @@ pub struct AdminState {
     pub group: String,
     /// The pipelines' live transforms (for /transforms and the reload counters).
     pub live: Vec<Arc<crate::transform::reload::LiveTransform>>,
+    /// The write endpoints; `None` serves reads only.
+    pub control: Option<Arc<control::Control>>,
 }
 
 fn transforms_json(state: &AdminState) -> String {
@@ -41,15 +46,21 @@ fn transforms_json(state: &AdminState) -> String {
             let cur = l.current();
             serde_json::json!({
                 "pipeline": l.pipeline,
-                "running_version": cur.module.version(),
+                "running_version": cur.label(),
+                "running_module": cur.module.version(),
                 "generation": cur.generation,
-                "previous_version": l.previous().map(|p| p.module.version().to_string()),
+                "previous_version": l.previous().map(|p| p.label().to_string()),
                 "last_reload": l.last(),
                 "accepted": l.accepted.load(Ordering::Relaxed),
                 "rejected": l.rejected.load(Ordering::Relaxed),
                 "rolled_back": l.rolled_back.load(Ordering::Relaxed),
                 "refused_file": l.refused_file(),
                 "refused_versions": l.state().map(|s| s.record().refused),
+                "file": l.file(),
+                "pinned": l.is_pinned(),
+                "checking": l.checking(),
+                "probation": l.probation(),
+                "kept_versions": l.state().map(|s| s.record().accepted),
             })
         })
         .collect();
@@ -82,6 +93,7 @@ fn reload_metrics(state: &AdminState) -> String {
 pub fn respond(state: &AdminState, method: &str, path: &str) -> (u16, String, &'static str) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" && method != "HEAD" {
+        // POST is answered by the write endpoints ([`control`]).
         return (405, "method not allowed\n".into(), TEXT);
     }
     match path.split('?').next().unwrap_or("") {
@@ -293,6 +305,7 @@ async fn serve(
         }
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
@@ -315,7 +328,8 @@ async fn serve(
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| answer(state.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| answer(state.clone(), req, loopback));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
@@ -330,6 +344,7 @@ async fn serve(
 async fn answer(
     state: Arc<AdminState>,
     req: hyper::Request<hyper::body::Incoming>,
+    loopback: bool,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
     let method = req.method().as_str().to_string();
     let path = req
@@ -337,15 +352,12 @@ async fn answer(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    // The answer may wait on I/O (the sink check of /readyz): off the accept thread.
-    let answered = tokio::task::spawn_blocking(move || respond(&state, &method, &path)).await;
-    let (status, body, ctype) = answered.unwrap_or_else(|_| {
-        (
-            500,
-            "internal error\n".to_string(),
-            "text/plain; charset=utf-8",
-        )
-    });
+    let (status, body, ctype) = if method == "POST" {
+        write(state, req, loopback, path).await
+    } else {
+        // The answer may wait on I/O (the sink check of /readyz): off the accept thread.
+        spawn_answer(move || respond(&state, &method, &path)).await
+    };
     let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
     *resp.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -354,6 +366,71 @@ async fn answer(
         hyper::header::HeaderValue::from_static(ctype),
     );
     Ok(resp)
+}
+
+type Answer = (u16, String, &'static str);
+
+async fn spawn_answer(f: impl FnOnce() -> Answer + Send + 'static) -> Answer {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        (
+            500,
+            "internal error\n".to_string(),
+            "text/plain; charset=utf-8",
+        )
+    })
+}
+
+/// A write: authorized before its body is read, the body bounded by the largest component a
+/// pipeline accepts, the work done off the accept thread.
+async fn write(
+    state: Arc<AdminState>,
+    req: hyper::Request<hyper::body::Incoming>,
+    loopback: bool,
+    path: String,
+) -> Answer {
+    use http_body_util::BodyExt;
+    let Some(control) = state.control.clone() else {
+        return (
+            405,
+            "this admin server is read-only\n".into(),
+            "text/plain; charset=utf-8",
+        );
+    };
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Err(refused) = control::authorize(&control, authorization.as_deref(), loopback) {
+        return refused;
+    }
+    let limit = state
+        .live
+        .iter()
+        .map(|l| l.current().settings.limits.max_component_bytes())
+        .max()
+        .unwrap_or(0) as usize;
+    let body = match http_body_util::Limited::new(req.into_body(), limit.max(1))
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return (
+                413,
+                format!("{{\"error\":\"the body is over {limit} bytes or was cut off: {e}\"}}\n"),
+                "application/json",
+            );
+        }
+    };
+    spawn_answer(move || {
+        let req = control::WriteRequest {
+            path: &path,
+            body: &body,
+        };
+        control::write(&state, &control, &req)
+    })
+    .await
 }
 
 impl Drop for AdminServer {
@@ -382,6 +459,7 @@ mod tests {
             sink: Arc::new(crate::sink::parquet::ParquetSink::new(dir)),
             group: "g".into(),
             live: vec![],
+            control: None,
         }
     }
 
