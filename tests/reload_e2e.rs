@@ -766,3 +766,78 @@ fn deployments_are_driven_from_the_command_line() {
     let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), all.len(), "no duplicates");
 }
+
+/// A looping candidate held every reload for six minutes (one deadline per shadow record),
+/// and a SIGTERM meanwhile logged `stopped` without exiting. Now a check is visible while
+/// it runs, a newer file cancels it, and a shutdown cancels it too: here the CPU deadline is
+/// 60 s, so without cancelling, neither the fix nor the exit could come before it.
+#[test]
+fn a_check_in_progress_is_cancelled_by_a_newer_file_and_by_shutdown() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 1);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("transforms")).unwrap();
+    let wasm = dir.path().join("transforms/raw-logs.wasm");
+    std::fs::write(&wasm, vast_guest_artifacts::RAW_LOGS).unwrap();
+    let hostile = std::fs::read(vast_test_guests::HOSTILE_PATH).unwrap();
+    let team = std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap();
+    let cfg = reload_config(
+        &broker,
+        "e2e-cancel",
+        "transform = \"transforms/raw-logs.wasm\"",
+        50,
+    ) + "[pipelines.limits]\ndeadline_ms = 60000\n";
+    let data = dir.path().join("data");
+    let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
+    p.wait_joined("group join");
+    let addr = admin_addr(&p.log_text()).expect("admin address in the log");
+    // Records the hostile candidate loops on, in the shadow sample.
+    let mut records = generated("raw-logs", 20, 0, 5);
+    records.extend((0..5).map(|_| (None, b"loop".to_vec())));
+    produce(&broker.addr, "raw-logs", &records);
+    wait_until(Duration::from_secs(30), "the records delivered", || {
+        let (rows, letters) = delivered(&addr);
+        rows + letters >= 25.0
+    });
+    let checking = |what: &str| {
+        wait_until(Duration::from_secs(30), what, || {
+            !transforms(&addr)[0]["checking"].is_null()
+        })
+    };
+
+    std::fs::write(&wasm, &hostile).unwrap();
+    checking("the looping candidate's check to show");
+    let t = transforms(&addr);
+    assert!(
+        runs(t[0]["checking"]["candidate"].as_str().unwrap(), &hostile),
+        "{t}"
+    );
+    std::fs::write(&wasm, &team).unwrap();
+    wait_until(Duration::from_secs(30), "the fix running", || {
+        runs(
+            transforms(&addr)[0]["running_version"].as_str().unwrap(),
+            &team,
+        )
+    });
+    assert!(
+        p.log_text()
+            .contains("was cancelled (a newer transform file was written)"),
+        "{}",
+        p.log_text()
+    );
+
+    // The looping candidate again, and a SIGTERM while it is checked.
+    std::fs::write(&wasm, &hostile).unwrap();
+    checking("the second check to show");
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    assert!(
+        p.log_text()
+            .contains("cancelled (the processor is shutting down)")
+    );
+}

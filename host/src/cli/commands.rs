@@ -68,6 +68,7 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let sink = make_sink(&config, &data_dir)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let live: Vec<_> = specs.iter().map(|s| s.live.clone()).collect();
+    let checks = live.clone();
     let reload_stop = Arc::new(AtomicBool::new(false));
     let watched: Vec<_> = specs
         .iter()
@@ -131,8 +132,23 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     tracing::info!(sink = sink.name(), data_dir = %data_dir.display(), "starting");
     let result = kafka::run(&config, specs, sink, stats, opts);
     reload_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in &checks {
+        l.cancel_check("the processor is shutting down");
+    }
     if let Some(w) = watcher {
-        let _ = w.join();
+        // A check stops within an epoch tick once cancelled; a compile cannot be stopped,
+        // and the process must still exit within its shutdown timeout: wait a little only.
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while !w.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if w.is_finished() {
+            let _ = w.join();
+        } else {
+            tracing::warn!(
+                "the reload thread is still busy (compiling a candidate); exiting without it"
+            );
+        }
     }
     result?;
     Ok(ExitCode::SUCCESS)

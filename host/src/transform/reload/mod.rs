@@ -7,7 +7,7 @@ mod policy;
 mod state;
 mod watch;
 
-pub use policy::{OutputDiff, ShadowLimits, shadow_check, should_roll_back};
+pub use policy::{CheckError, OutputDiff, ShadowLimits, shadow_check, should_roll_back};
 pub use state::{DeploymentStore, Record, Refusal, StateError};
 pub use watch::{
     Debouncer, Decision, Watched, apply_config_change, deploy, enrichment_files, reevaluate,
@@ -122,6 +122,9 @@ pub struct LiveTransform {
     pinned: std::sync::atomic::AtomicBool,
     /// The candidate being checked now, for `/transforms`.
     checking: Mutex<Option<Checking>>,
+    /// Stops the check in progress ([`LiveTransform::cancel_check`]), and why.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    cancel_reason: Mutex<String>,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub rolled_back: AtomicU64,
@@ -147,6 +150,8 @@ pub struct RefusedFile {
 #[derive(Debug, Clone, Serialize)]
 pub struct Checking {
     pub candidate: String,
+    /// SHA-256 of the candidate module.
+    pub content_hash: String,
     pub shadow_messages: usize,
     pub started_unix_ms: u128,
 }
@@ -199,6 +204,8 @@ impl LiveTransform {
             deciding: Mutex::new(()),
             pinned: std::sync::atomic::AtomicBool::new(false),
             checking: Mutex::new(None),
+            cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            cancel_reason: Mutex::new(String::new()),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             rolled_back: AtomicU64::new(0),
@@ -288,6 +295,19 @@ impl LiveTransform {
                 self.pipeline
             ),
         );
+    }
+
+    /// Stop the check in progress, if any, within an epoch tick (nothing is decided).
+    pub fn cancel_check(&self, reason: &str) {
+        if self.checking().is_some() {
+            *self.cancel_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
+            self.cancel.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the last check was cancelled.
+    pub fn last_cancelled(&self) -> bool {
+        self.last().result == "cancelled"
     }
 
     /// The candidate being checked, if any.
@@ -714,16 +734,32 @@ impl LiveTransform {
             max_new_failures: self.config.shadow_max_new_failures,
             max_changed: self.config.shadow_max_changed,
         };
+        self.cancel.store(false, Ordering::Release);
         *self.checking.lock().unwrap_or_else(|p| p.into_inner()) = Some(Checking {
             candidate: lineage(&module, &settings),
+            content_hash: module.content_hash().to_string(),
             shadow_messages: sample.len(),
             started_unix_ms: now_ms(),
         });
-        let checked = shadow_check(&cur, &module, &settings, &sample, limits);
-        *self.checking.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let checked = shadow_check(&cur, &module, &settings, &sample, limits, &self.cancel);
+        let checking = self
+            .checking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let diff = match checked {
             Ok(diff) => diff,
-            Err(why) => return Err(self.reject(why)),
+            Err(CheckError::Refused(why)) => return Err(self.reject(why)),
+            Err(CheckError::Cancelled) => {
+                let why = format!(
+                    "the check of {} was cancelled ({}); nothing decided",
+                    checking.map_or_else(String::new, |c| c.candidate),
+                    self.cancel_reason.lock().unwrap_or_else(|p| p.into_inner())
+                );
+                tracing::info!(pipeline = %self.pipeline, "{why}");
+                self.set_last("cancelled", why.clone());
+                return Err(Rejected(why));
+            }
         };
         *self.banned.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let generation = self.generation() + 1;

@@ -8,6 +8,7 @@ use crate::transform::wasm::{
 };
 use serde_json::{Map, Value};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The rollback decision: enough evidence (at least 20 records, or the probation over) and
 /// a rate of new failures (records the previous version handled) above `threshold`.
@@ -154,6 +155,15 @@ fn diff_objects(
     }
 }
 
+/// Why a shadow check did not pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckError {
+    /// The candidate is refused, with why.
+    Refused(String),
+    /// The check was stopped (a newer file, a shutdown): nothing was decided.
+    Cancelled,
+}
+
 /// The limits a candidate's shadow check holds it to.
 #[derive(Debug, Clone, Copy)]
 pub struct ShadowLimits {
@@ -173,17 +183,29 @@ pub fn shadow_check(
     settings: &InstanceSettings,
     sample: &[Message],
     limits: ShadowLimits,
-) -> Result<OutputDiff, String> {
+    cancel: &Arc<AtomicBool>,
+) -> Result<OutputDiff, CheckError> {
     let label = crate::transform::wasm::lineage(module, settings);
-    let mut cand = TransformInstance::new(module.clone(), settings.clone())
-        .map_err(|e| e.to_string())?
-        .quiet_traps();
+    let cancelled = || cancel.load(Ordering::Relaxed);
+    let refused = |why: String| {
+        if cancelled() {
+            CheckError::Cancelled
+        } else {
+            CheckError::Refused(why)
+        }
+    };
+    let mut cand =
+        TransformInstance::new_cancellable(module.clone(), settings.clone(), cancel.clone())
+            .map_err(|e| refused(e.to_string()))?;
     if sample.is_empty() {
         return Ok(OutputDiff::default());
     }
-    let mut base = TransformInstance::new(running.module.clone(), running.settings.clone())
-        .map_err(|e| format!("running version: {e}"))?
-        .quiet_traps();
+    let mut base = TransformInstance::new_cancellable(
+        running.module.clone(),
+        running.settings.clone(),
+        cancel.clone(),
+    )
+    .map_err(|e| refused(format!("running version: {e}")))?;
     let t = std::time::Instant::now();
     let before = base.process(sample, 0);
     let running_took = t.elapsed();
@@ -191,16 +213,20 @@ pub fn shadow_check(
     // per record (170 records at 2 s each blocked every reload for six minutes).
     let after = match cand.process_once(sample, 0) {
         Ok(after) => after,
+        Err(_) if cancelled() => return Err(CheckError::Cancelled),
         Err(e) if matches!(e.kind, ErrorKind::Deadline { .. }) => {
-            return Err(format!(
+            return Err(CheckError::Refused(format!(
                 "{label} shadow-checked on {} recent messages: {e}, where the running version took {} ms for all of them",
                 sample.len(),
                 running_took.as_millis()
-            ));
+            )));
         }
         // Another trap is quick: find the records that cause it one at a time.
         Err(_) => cand.process(sample, 0),
     };
+    if cancelled() {
+        return Err(CheckError::Cancelled);
+    }
     let mut diffs = Vec::new();
     let mut output = OutputDiff::default();
     for ((m, b), a) in sample.iter().zip(&before).zip(&after) {
@@ -218,20 +244,20 @@ pub fn shadow_check(
     }
     let allowed = (limits.max_new_failures * sample.len() as f64).floor() as usize;
     if diffs.len() > allowed {
-        return Err(format!(
+        return Err(CheckError::Refused(format!(
             "{label} shadow-checked on {} recent messages: {} would newly fail (allowed {allowed}); first: {}",
             sample.len(),
             diffs.len(),
             diffs.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-        ));
+        )));
     }
     if output.rate() > limits.max_changed {
-        return Err(format!(
+        return Err(CheckError::Refused(format!(
             "{label} shadow-checked on {} recent messages: {} (over reload.shadow_max_changed = {})",
             sample.len(),
             output.summary(),
             limits.max_changed
-        ));
+        )));
     }
     Ok(output)
 }

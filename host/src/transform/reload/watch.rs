@@ -193,6 +193,7 @@ pub fn watch(
         .name("reload".into())
         .spawn(move || {
             let (tx, rx) = crossbeam_channel::unbounded::<PathBuf>();
+            let targets = watched.transforms.clone();
             let handler = move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res {
                     // Reads (ours included) are not changes.
@@ -200,6 +201,7 @@ pub fn watch(
                         return;
                     }
                     for p in ev.paths {
+                        cancel_if_superseded(&targets, &p);
                         let _ = tx.send(p);
                     }
                 }
@@ -307,6 +309,27 @@ pub fn watch(
         .expect("cannot start the reload thread")
 }
 
+/// A check in progress is for content the file no longer holds (a newer file, or one being
+/// written): stop it, so the newer version is judged without waiting for a looping
+/// candidate's deadline. Runs on the watcher's event thread, while the reload thread checks.
+fn cancel_if_superseded(targets: &[(Arc<LiveTransform>, PathBuf)], path: &Path) {
+    for (live, file) in targets {
+        let Some(checking) = live.checking() else {
+            continue;
+        };
+        if !same_file(path, file) {
+            continue;
+        }
+        let max = live.current().settings.limits.max_component_bytes();
+        let now = crate::transform::loader::read_component(file, max)
+            .map(|b| crate::transform::wasm::engine::content_hash(&b))
+            .unwrap_or_default();
+        if now != checking.content_hash {
+            live.cancel_check("a newer transform file was written");
+        }
+    }
+}
+
 /// Whether an event's path names the watched file: the same directory (through symlinks),
 /// or the same file at the end of a symlink (a config linked from elsewhere).
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -378,6 +401,11 @@ pub fn reload_file(live: &LiveTransform, file: &Path, engine: &TransformEngine) 
         Ok(()) => {
             live.record_accepted(&hash, Some(&bytes));
             Decision::Accepted
+        }
+        Err(r) if live.last_cancelled() => {
+            // Not judged: the same content written again is checked again.
+            *live.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            Decision::NotReady(r.0)
         }
         Err(r) => {
             live.record_refused(&hash, "rejected", &r.0);

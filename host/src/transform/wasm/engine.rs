@@ -17,8 +17,12 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Arm `store`'s deadline: the next call traps after `deadline` (to about [`EPOCH_TICK`]).
 pub(super) fn arm_deadline<T>(store: &mut Store<T>, deadline: Duration) {
-    let ticks = deadline.as_millis() / EPOCH_TICK.as_millis();
-    store.set_epoch_deadline(ticks as u64 + 1);
+    store.set_epoch_deadline(deadline_ticks(deadline) + 1);
+}
+
+/// `deadline` in epoch ticks.
+pub(super) fn deadline_ticks(deadline: Duration) -> u64 {
+    (deadline.as_millis() / EPOCH_TICK.as_millis()) as u64
 }
 
 fn engine_error(e: wasmtime::Error) -> TransformError {

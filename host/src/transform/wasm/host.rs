@@ -76,6 +76,9 @@ pub struct StoreState {
     pub(super) log_bytes: u64,
     pub(super) truncated: u64,
     pub(super) counters: HashMap<String, i64>,
+    /// Epoch ticks left before the deadline, for a cancellable instance (its deadline is
+    /// counted in a callback that also looks at the cancel flag).
+    pub(super) ticks_left: u64,
 }
 
 /// Guest log lines allowed per instance in a burst, and refilled per second after it.
@@ -127,6 +130,7 @@ impl StoreState {
             log_bytes: 0,
             truncated: 0,
             counters: HashMap::new(),
+            ticks_left: 0,
         }
     }
 

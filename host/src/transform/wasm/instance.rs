@@ -278,7 +278,15 @@ pub struct TransformInstance {
     counters: HashMap<String, i64>,
     /// Traps are expected here (a shadow check of a candidate): logged at debug, not WARN.
     quiet_traps: bool,
+    /// Set from another thread to stop the call in progress (a check that is no longer
+    /// wanted: a newer file, a shutdown); it traps within an epoch tick.
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// The trap of a cancelled call.
+#[derive(Debug, thiserror::Error)]
+#[error("the check was cancelled")]
+pub struct Cancelled;
 
 impl TransformInstance {
     /// Instantiate `module` and call `init` with the settings' config.
@@ -295,6 +303,29 @@ impl TransformInstance {
             stats: InstanceStats::default(),
             counters: HashMap::new(),
             quiet_traps: false,
+            cancel: None,
+        };
+        inst.live = Some(inst.instantiate()?);
+        Ok(inst)
+    }
+
+    /// Like [`TransformInstance::new`], for a check: `init` and every call stop (trap) soon
+    /// after `cancel` is set. Traps are logged at debug ([`Self::quiet_traps`]).
+    pub fn new_cancellable(
+        module: Arc<TransformModule>,
+        settings: InstanceSettings,
+        cancel: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, TransformError> {
+        let lineage = Arc::from(super::lineage(&module, &settings));
+        let mut inst = TransformInstance {
+            module,
+            settings,
+            lineage,
+            live: None,
+            stats: InstanceStats::default(),
+            counters: HashMap::new(),
+            quiet_traps: true,
+            cancel: Some(cancel),
         };
         inst.live = Some(inst.instantiate()?);
         Ok(inst)
@@ -370,7 +401,21 @@ impl TransformInstance {
         let state = StoreState::new(&self.settings, Arc::from(m.version()));
         let mut store = Store::new(&m.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        match self.cancel.clone() {
+            // Each tick asks: cancelled? past the deadline? The cost is one call per 10 ms.
+            Some(cancel) => store.epoch_deadline_callback(move |mut s| {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(wasmtime::Error::new(Cancelled));
+                }
+                let st = s.data_mut();
+                if st.ticks_left == 0 {
+                    return Err(wasmtime::Error::new(Trap::Interrupt));
+                }
+                st.ticks_left -= 1;
+                Ok(wasmtime::UpdateDeadline::Continue(1))
+            }),
+            None => store.epoch_deadline_trap(),
+        }
         self.stats.instantiations += 1;
         self.arm_deadline(&mut store);
         let bindings = match &m.pre {
@@ -395,7 +440,12 @@ impl TransformInstance {
     }
 
     fn arm_deadline(&self, store: &mut Store<StoreState>) {
-        engine::arm_deadline(store, self.settings.limits.deadline());
+        if self.cancel.is_some() {
+            store.data_mut().ticks_left = engine::deadline_ticks(self.settings.limits.deadline());
+            store.set_epoch_deadline(1);
+        } else {
+            engine::arm_deadline(store, self.settings.limits.deadline());
+        }
     }
 
     /// Forward captured stdout/stderr to the log; return the stderr text (for trap reports).
