@@ -841,3 +841,115 @@ fn a_check_in_progress_is_cancelled_by_a_newer_file_and_by_shutdown() {
             .contains("cancelled (the processor is shutting down)")
     );
 }
+
+/// The loop a team runs after fixing a transform bug: the records a failing version
+/// dead-lettered are redriven through the fixed version into the sink, their rows with the
+/// ids they would have had; a second redrive adds nothing.
+#[test]
+fn dead_letters_are_redriven_through_the_fix_once() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 2);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("transforms")).unwrap();
+    let wasm = d.join("transforms/raw-logs.wasm");
+    let half = std::fs::read(vast_test_guests::FAILS_HALF_PATH).unwrap();
+    let good = vast_guest_artifacts::RAW_LOGS.to_vec();
+    std::fs::write(&wasm, &half).unwrap();
+    let cfg = reload_config(
+        &broker,
+        "e2e-redrive",
+        "transform = \"transforms/raw-logs.wasm\"",
+        50,
+    );
+    let data = d.join("data");
+    let mut p = Processor::start(VP, d, &cfg, &data, &[]);
+    p.wait_joined("group join");
+    let addr = admin_addr(&p.log_text()).expect("admin address in the log");
+    let produced = produce(&broker.addr, "raw-logs", &generated("raw-logs", 60, 0, 21));
+    wait_until(Duration::from_secs(60), "every record delivered", || {
+        let (rows, letters) = delivered(&addr);
+        rows + letters >= 60.0
+    });
+    let odd = produced.iter().filter(|r| r.offset % 2 == 1).count();
+    assert_eq!(
+        delivered(&addr).1,
+        odd as f64,
+        "the odd offsets were dead-lettered"
+    );
+
+    // The fix, deployed while the processor runs.
+    std::fs::write(&wasm, &good).unwrap();
+    wait_until(Duration::from_secs(30), "the fix running", || {
+        runs(
+            transforms(&addr)[0]["running_version"].as_str().unwrap(),
+            &good,
+        )
+    });
+    let redrive = || {
+        let out = std::process::Command::new(VP)
+            .current_dir(d)
+            .args([
+                "replay",
+                "--from-dead-letters",
+                "raw-logs-dlq",
+                "--data-dir",
+                "data",
+            ])
+            .env("VAST_PROCESSOR_CACHE_DIR", scratch().join("wasm-cache"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let said = redrive();
+    assert!(
+        said.contains(&format!(
+            "redrove {odd} of {odd} dead letter(s) from raw-logs-dlq through raw-logs@{}",
+            hash12(&good)
+        )),
+        "{said}"
+    );
+    let all = rows(&data, vast_processor::model::Table::Events);
+    let mut by_offset: HashMap<(i64, i64), Vec<&Value>> = HashMap::new();
+    for r in &all {
+        let key = (
+            r["source_partition"].as_i64().unwrap(),
+            r["source_offset"].as_i64().unwrap(),
+        );
+        by_offset.entry(key).or_default().push(r);
+    }
+    for pr in &produced {
+        let rs = by_offset
+            .get(&(pr.partition as i64, pr.offset))
+            .unwrap_or_else(|| panic!("offset {}/{} has no row", pr.partition, pr.offset));
+        assert_eq!(
+            rs.len(),
+            1,
+            "offset {}/{} landed {} times",
+            pr.partition,
+            pr.offset,
+            rs.len()
+        );
+        assert_eq!(
+            rs[0]["id"],
+            vast_processor::model::row_id("raw-logs", pr.partition, pr.offset, 0),
+            "the id it would have had"
+        );
+        if pr.offset % 2 == 1 {
+            assert!(runs(rs[0]["transform_version"].as_str().unwrap(), &good));
+        }
+    }
+
+    // Again: nothing new to redrive, nothing added.
+    let said = redrive();
+    assert!(said.contains("redrove 0 of 0 dead letter(s)"), "{said}");
+    assert_eq!(
+        rows(&data, vast_processor::model::Table::Events).len(),
+        all.len()
+    );
+    p.signal(15);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}

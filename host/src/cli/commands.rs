@@ -59,12 +59,11 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| config.base_dir.join(config.sink.data_dir()));
     let engine = Arc::new(TransformEngine::new(cache)?);
-    let state_dir = config
-        .runtime
-        .state_dir
-        .as_ref()
-        .map_or_else(|| data_dir.join(".state"), |d| config.base_dir.join(d));
-    let specs = pipeline::load_pipelines_with_state(&config, &engine, Some(&state_dir))?;
+    let specs = pipeline::load_pipelines_with_state(
+        &config,
+        &engine,
+        Some(&state_dir(&config, &data_dir)),
+    )?;
     let sink = make_sink(&config, &data_dir)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let live: Vec<_> = specs.iter().map(|s| s.live.clone()).collect();
@@ -157,15 +156,24 @@ pub fn run(args: &RunArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 /// Arguments of `replay`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// The topic whose pipeline (transform, batch settings) to use.
-    #[arg(long)]
-    pub topic: String,
+    /// The topic whose pipeline (transform, batch settings) to use (with
+    /// --from-dead-letters: the default is the pipeline whose dead-letter topic it is).
+    #[arg(long, required_unless_present = "from_dead_letters")]
+    pub topic: Option<String>,
     /// Input files (or directories, with --format raw).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "from_dead_letters", conflicts_with = "from_dead_letters")]
     pub input: Vec<PathBuf>,
     /// How to split inputs into messages.
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
+    /// Redrive a dead-letter topic: its records, with the topic, partition and offset they
+    /// came from, through the pipeline's current version into the sink (rows get the ids they
+    /// would have had). What was redriven is committed; running it again adds nothing.
+    #[arg(long, value_name = "TOPIC")]
+    pub from_dead_letters: Option<String>,
+    /// With --from-dead-letters: stop after this long without a new letter (seconds).
+    #[arg(long, default_value_t = 3.0)]
+    pub quiet_s: f64,
     /// Pipelines config file.
     #[arg(long, default_value = "pipelines.toml")]
     pub config: PathBuf,
@@ -174,16 +182,35 @@ pub struct ReplayArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The deployment records of a config: `runtime.state_dir`, else `.state` in the data dir.
+fn state_dir(config: &Config, data_dir: &std::path::Path) -> PathBuf {
+    config
+        .runtime
+        .state_dir
+        .as_ref()
+        .map_or_else(|| data_dir.join(".state"), |d| config.base_dir.join(d))
+}
+
 /// `vast-processor replay`.
 pub fn replay(args: &ReplayArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&args.config)?;
     config.apply_env(std::env::vars().filter(|(k, _)| k != "KAFKA_TOPICS"))?;
-    let Some(p) = config.pipeline_for_topic(&args.topic).cloned() else {
-        bail!(
-            "no pipeline for topic `{}` in {}",
-            args.topic,
-            args.config.display()
-        );
+    let p = match (&args.topic, &args.from_dead_letters) {
+        (Some(t), _) => config.pipeline_for_topic(t).cloned().with_context(|| {
+            format!("no pipeline for topic `{t}` in {}", args.config.display())
+        })?,
+        (None, Some(dlq)) => config
+            .pipelines
+            .iter()
+            .find(|p| p.dead_letter_topic.as_deref() == Some(dlq.as_str()))
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "no pipeline has dead_letter_topic = `{dlq}` in {}; name its pipeline with --topic",
+                    args.config.display()
+                )
+            })?,
+        (None, None) => bail!("give --topic"),
     };
     config.pipelines = vec![p];
     let data_dir = args
@@ -191,23 +218,63 @@ pub fn replay(args: &ReplayArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitC
         .clone()
         .unwrap_or_else(|| config.base_dir.join(config.sink.data_dir()));
     let engine = TransformEngine::new(cache)?;
-    let spec = pipeline::load_pipelines(&config, &engine)?.remove(0);
     let sink = make_sink(&config, &data_dir)?;
     let stats = Arc::new(RunStats::default());
     let started = Instant::now();
     let bar = progress(0, "records");
+    let mut show = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let options = pipeline::RuntimeOptions::from_config(&config.runtime);
+    if let Some(dlq) = &args.from_dead_letters {
+        // The version the processor runs now (the deployment record's), read only.
+        let spec =
+            pipeline::load_pipelines_read_only(&config, &engine, &state_dir(&config, &data_dir))?
+                .remove(0);
+        let version = spec.live.current().label().to_string();
+        let letters = crate::source::redrive::read(
+            &config,
+            dlq,
+            &spec.topic,
+            Duration::from_secs_f64(args.quiet_s.max(0.1)),
+        )?;
+        let redriven = letters.records.len();
+        let result = crate::source::file::replay_messages(
+            spec,
+            letters.records.clone(),
+            sink,
+            &data_dir,
+            options,
+            stats.clone(),
+            &mut show,
+        );
+        bar.finish_and_clear();
+        result?;
+        // Only once every row is in the sink: a failed redrive is redriven again in full.
+        letters.commit()?;
+        let s = &letters.skipped;
+        eprintln!(
+            "redrove {redriven} of {} dead letter(s) from {dlq} through {version} in {:.2}s: {}; skipped {} without origin headers, {} of other topics, {} with a truncated value (the whole record is in the dead-letter files)",
+            letters.letters,
+            started.elapsed().as_secs_f64(),
+            stats.summary(),
+            s.no_origin,
+            s.other_topic,
+            s.truncated
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let spec = pipeline::load_pipelines(&config, &engine)?.remove(0);
     let result = crate::source::file::replay(
         spec,
         &args.input,
         args.format,
         sink,
         &data_dir,
-        pipeline::RuntimeOptions::from_config(&config.runtime),
+        options,
         stats.clone(),
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
+        &mut show,
     );
     bar.finish_and_clear();
     result?;

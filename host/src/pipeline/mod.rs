@@ -165,6 +165,26 @@ pub fn load_pipelines_with_state(
     engine: &TransformEngine,
     state_dir: Option<&std::path::Path>,
 ) -> Result<Vec<PipelineSpec>, LoadError> {
+    load(config, engine, state_dir, false)
+}
+
+/// The pipelines as `run` would start them from the deployment records under `state_dir`
+/// (the pinned or last accepted version where the file is refused), for another command
+/// (a redrive): the records are read, never written.
+pub fn load_pipelines_read_only(
+    config: &Config,
+    engine: &TransformEngine,
+    state_dir: &std::path::Path,
+) -> Result<Vec<PipelineSpec>, LoadError> {
+    load(config, engine, Some(state_dir), true)
+}
+
+fn load(
+    config: &Config,
+    engine: &TransformEngine,
+    state_dir: Option<&std::path::Path>,
+    read_only: bool,
+) -> Result<Vec<PipelineSpec>, LoadError> {
     let mut specs = Vec::new();
     for p in &config.pipelines {
         let settings = loader::instance_settings(p, &config.base_dir)?;
@@ -173,7 +193,11 @@ pub fn load_pipelines_with_state(
             TransformSource::Bundled(_) => None,
         };
         let store = match (state_dir, &file) {
-            (Some(dir), Some(_)) => match DeploymentStore::open(dir, p.name()) {
+            (Some(dir), Some(_)) => match if read_only {
+                DeploymentStore::open_read_only(dir, p.name())
+            } else {
+                DeploymentStore::open(dir, p.name())
+            } {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     tracing::warn!(pipeline = p.name(), error = %e, "deployment record unreadable; the transform file runs as on a first start");

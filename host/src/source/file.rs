@@ -110,7 +110,7 @@ pub enum ReplayError {
 /// records are queued, how many are and how many there are in all.
 #[allow(clippy::too_many_arguments)] // each is a different piece of the wiring
 pub fn replay(
-    mut spec: PipelineSpec,
+    spec: PipelineSpec,
     inputs: &[PathBuf],
     format: Format,
     sink: Arc<dyn Sink>,
@@ -119,10 +119,36 @@ pub fn replay(
     stats: Arc<RunStats>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(), ReplayError> {
-    let msgs = read_inputs(inputs, format)?;
+    let topic = spec.topic.clone();
+    let msgs: Vec<Message> = read_inputs(inputs, format)?
+        .into_iter()
+        .enumerate()
+        .map(|(offset, input)| Message {
+            topic: topic.clone(),
+            partition: 0,
+            offset: offset as i64,
+            timestamp_ms: None,
+            key: None,
+            headers: Vec::new(),
+            payload: input.payload,
+        })
+        .collect();
+    replay_messages(spec, msgs, sink, data_dir, options, stats, progress)
+}
+
+/// Run `msgs` (with their own topic, partition and offset, so their rows get the ids those
+/// give) through `spec`'s pipeline into `sink`; dead letters go to files under `data_dir`.
+pub fn replay_messages(
+    mut spec: PipelineSpec,
+    msgs: Vec<Message>,
+    sink: Arc<dyn Sink>,
+    data_dir: &Path,
+    options: RuntimeOptions,
+    stats: Arc<RunStats>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), ReplayError> {
     // No broker: dead letters always go to files.
     spec.dead_letter_topic = None;
-    let topic = spec.topic.clone();
     let metrics = Arc::new(Metrics::new([(spec.name.as_str(), spec.topic.as_str())]));
     let (runtime, threads) = Runtime::start(
         Arc::new(vec![spec]),
@@ -137,7 +163,7 @@ pub fn replay(
     )?;
     let total = msgs.len();
     let mut result = Ok(());
-    'records: for (offset, input) in msgs.into_iter().enumerate() {
+    'records: for (i, m) in msgs.into_iter().enumerate() {
         while !runtime.has_room(0) {
             if let Some(e) = runtime.failure() {
                 result = Err(e);
@@ -150,20 +176,11 @@ pub fn replay(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let m = Message {
-            topic: topic.clone(),
-            partition: 0,
-            offset: offset as i64,
-            timestamp_ms: None,
-            key: None,
-            headers: Vec::new(),
-            payload: input.payload,
-        };
         if let Err(e) = runtime.queue(0, 0, m) {
             result = Err(e);
             break;
         }
-        progress(offset + 1, total);
+        progress(i + 1, total);
     }
     let stopped = runtime.stop(&mut NoCommit, result.is_ok());
     drop(runtime);

@@ -1,4 +1,6 @@
-//! Sources: Kafka (the consumer group) and files (replay/backfill).
+//! Sources: Kafka (the consumer group), files (replay/backfill) and dead-letter topics
+//! (redrive).
 
 pub mod file;
 pub mod kafka;
+pub mod redrive;

@@ -70,6 +70,8 @@ pub struct DeploymentStore {
     dir: PathBuf,
     pipeline: String,
     record: Mutex<Record>,
+    /// Opened by another command than `run` (a redrive): it reads the record, never writes.
+    read_only: bool,
 }
 
 /// A pipeline name as a file name: names are usually topic-like, anything else is escaped.
@@ -119,10 +121,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 impl DeploymentStore {
     /// Open `pipeline`'s record under `state_dir` (an empty record when there is none yet).
     pub fn open(state_dir: &Path, pipeline: &str) -> Result<DeploymentStore, StateError> {
+        Self::open_with(state_dir, pipeline, false)
+    }
+
+    /// Open the record to read it only: decisions taken meanwhile are not written.
+    pub fn open_read_only(state_dir: &Path, pipeline: &str) -> Result<DeploymentStore, StateError> {
+        Self::open_with(state_dir, pipeline, true)
+    }
+
+    fn open_with(
+        state_dir: &Path,
+        pipeline: &str,
+        read_only: bool,
+    ) -> Result<DeploymentStore, StateError> {
         let store = DeploymentStore {
             dir: state_dir.to_path_buf(),
             pipeline: pipeline.to_string(),
             record: Mutex::new(Record::default()),
+            read_only,
         };
         let path = store.record_path();
         let record = match std::fs::read(&path) {
@@ -178,6 +194,9 @@ impl DeploymentStore {
     }
 
     fn save(&self, r: &Record) -> Result<(), StateError> {
+        if self.read_only {
+            return Ok(());
+        }
         let text = serde_json::to_vec_pretty(r).expect("a record serializes");
         write_atomic(&self.record_path(), &text)
     }
@@ -185,7 +204,7 @@ impl DeploymentStore {
     /// `hash` runs now: record it as accepted and running (keeping `bytes`, when given, so
     /// a later restart can fall back to it), and lift any refusal of it.
     pub fn accept(&self, hash: &str, bytes: Option<&[u8]>) -> Result<(), StateError> {
-        if let Some(b) = bytes {
+        if let Some(b) = bytes.filter(|_| !self.read_only) {
             let path = self.component_path(hash);
             if self.bytes(hash).is_none() {
                 write_atomic(&path, b)?;
@@ -200,7 +219,9 @@ impl DeploymentStore {
         if r.accepted.len() > KEEP_ACCEPTED {
             let drop = r.accepted.len() - KEEP_ACCEPTED;
             for old in r.accepted.drain(..drop) {
-                let _ = std::fs::remove_file(self.component_path(&old));
+                if !self.read_only {
+                    let _ = std::fs::remove_file(self.component_path(&old));
+                }
             }
         }
         self.save(&r)
