@@ -58,6 +58,7 @@ fn expected(engine: &TransformEngine, produced: &[Produced]) -> Expected {
                 payload: p.payload.clone(),
             })
             .collect();
+        let lineage = inst.lineage().to_string();
         for (m, r) in msgs.iter().zip(inst.process(&msgs, 0)) {
             match r {
                 MessageResult::Rows(rs) => {
@@ -67,7 +68,7 @@ fn expected(engine: &TransformEngine, produced: &[Produced]) -> Expected {
                         obj.insert("source_topic".into(), m.topic.clone().into());
                         obj.insert("source_partition".into(), m.partition.into());
                         obj.insert("source_offset".into(), m.offset.into());
-                        obj.insert("transform_version".into(), module.version().into());
+                        obj.insert("transform_version".into(), lineage.clone().into());
                         let id = obj["id"].as_str().unwrap().to_string();
                         rows.insert(id, v);
                     }

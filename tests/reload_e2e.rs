@@ -357,6 +357,17 @@ fn enrichment_and_config_edits_on_disk_are_swapped_under_load() {
     wait_until(Duration::from_secs(30), "the refusal", || {
         p.log_text().contains("needs a restart")
     });
+    // Config-level refusals are in /transforms too, not only in the log.
+    let addr = admin_addr(&p.log_text()).expect("admin address in the log");
+    let last = &transforms(&addr)[0]["last_reload"];
+    assert_eq!(last["result"], "config_refused", "{last}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("needs a restart ([runtime] changed)"),
+        "{last}"
+    );
     let seen = pg1_teams(&data).len();
     wait_until(
         Duration::from_secs(30),
@@ -782,12 +793,15 @@ fn a_check_in_progress_is_cancelled_by_a_newer_file_and_by_shutdown() {
     std::fs::write(&wasm, vast_guest_artifacts::RAW_LOGS).unwrap();
     let hostile = std::fs::read(vast_test_guests::HOSTILE_PATH).unwrap();
     let team = std::fs::read(vast_test_guests::TEAM_ENRICH_PATH).unwrap();
+    // The check's own budget out of the way too: only cancelling can end the check early.
     let cfg = reload_config(
         &broker,
         "e2e-cancel",
         "transform = \"transforms/raw-logs.wasm\"",
         50,
-    ) + "[pipelines.limits]\ndeadline_ms = 60000\n";
+    )
+    .replace("[reload]\n", "[reload]\ncheck_budget_ms = 600000\n")
+        + "[pipelines.limits]\ndeadline_ms = 60000\n";
     let data = dir.path().join("data");
     let mut p = Processor::start(VP, dir.path(), &cfg, &data, &[]);
     p.wait_joined("group join");

@@ -277,9 +277,13 @@ fn the_shadow_sample_keeps_to_its_byte_cap_whatever_the_record_sizes() {
     let (n, bytes) = live.sample_size();
     assert!(bytes <= SHADOW_BYTES, "{bytes}");
     assert_eq!(n, SHADOW_BYTES / (500_000 + 128), "{n} messages, {bytes} B");
-    // Small records fill it by count again, oldest first out.
+    // Small records fill it by count again (a quarter of it per batch at most), oldest first out.
     live.remember(&msgs(1000, 300));
-    assert_eq!(live.sample_size().0, 200);
+    assert_eq!(live.sample_size().0, 16 + 50, "one batch takes 50");
+    for b in 1..5 {
+        live.remember(&msgs(1000 + 300 * b, 300));
+    }
+    assert_eq!(live.sample_size(), (200, 200 * (msgs(0, 1)[0].footprint())));
     // One record over the cap is not sampled at all.
     live.remember(&[big(2000, SHADOW_BYTES + 1)]);
     assert_eq!(live.sample_size().0, 200);
@@ -501,5 +505,41 @@ fn output_changes_are_reported_and_refused_over_shadow_max_changed() {
         "{err}"
     );
     assert_eq!(team_tag(&live).as_deref(), Some("dba"));
+    assert_eq!(live.last().result, "rejected");
+}
+
+/// A check has a wall-time budget of its own: a candidate slow on the sample is rejected once
+/// it is spent, even when its per-call deadline is far away.
+#[test]
+fn a_check_over_its_budget_is_rejected() {
+    let engine = TransformEngine::new(None).unwrap();
+    let good = bundled_raw_logs(&engine);
+    let mut settings = InstanceSettings::default();
+    settings.limits.deadline_ms = 60_000;
+    let config = ReloadConfig {
+        check_budget_ms: 300,
+        ..ReloadConfig::default()
+    };
+    let live = LiveTransform::new("raw-logs", good, settings.clone(), config);
+    let looping: Vec<Message> = msgs(0, 5)
+        .into_iter()
+        .map(|m| Message {
+            payload: b"loop".to_vec(),
+            ..m
+        })
+        .collect();
+    live.remember(&looping);
+    let hostile = engine
+        .load(
+            "hostile",
+            &std::fs::read(vast_test_guests::HOSTILE_PATH).unwrap(),
+        )
+        .unwrap();
+    let err = live.try_swap(hostile, settings).unwrap_err();
+    assert!(
+        err.0
+            .contains("the check's budget of 300 ms (reload.check_budget_ms) ran out"),
+        "{err}"
+    );
     assert_eq!(live.last().result, "rejected");
 }

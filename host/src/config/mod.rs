@@ -288,6 +288,8 @@ impl Config {
         in_range(rl.shadow_messages, 0, 100_000, "messages")
             .map_err(|m| at("reload.shadow_messages", m))?;
         in_range(rl.debounce_ms, 0, 60_000, "ms").map_err(|m| at("reload.debounce_ms", m))?;
+        in_range(rl.check_budget_ms, 10, 600_000, "ms")
+            .map_err(|m| at("reload.check_budget_ms", m))?;
         Ok(())
     }
 

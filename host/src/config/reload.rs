@@ -17,6 +17,9 @@ pub struct ReloadConfig {
     /// Largest fraction of shadow messages whose rows the candidate may change (table, row
     /// count or any field); 1.0 reports the changes and refuses nothing.
     pub shadow_max_changed: f64,
+    /// Wall time a candidate's whole shadow check may take (both versions on the sample);
+    /// over it the candidate is rejected.
+    pub check_budget_ms: u64,
     /// A new version is watched after its swap for at least this many batches, ...
     pub probation_batches: u64,
     /// ... this many records ...
@@ -36,6 +39,7 @@ impl Default for ReloadConfig {
             shadow_messages: 200,
             shadow_max_new_failures: 0.0,
             shadow_max_changed: 1.0,
+            check_budget_ms: 5000,
             probation_batches: 10,
             probation_records: 1000,
             probation_seconds: 60,

@@ -4,6 +4,7 @@
 //! pass, when a new version is rolled back); [`watch`] drives it from file changes.
 
 mod policy;
+mod sample;
 mod state;
 mod watch;
 
@@ -20,7 +21,6 @@ use crate::transform::wasm::{
     InstanceSettings, MessageResult, TransformEngine, TransformInstance, TransformModule, lineage,
 };
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -106,9 +106,9 @@ pub struct LiveTransform {
     banned: Mutex<Option<String>>,
     /// Content hash of the last file content evaluated: the same bytes are not judged twice.
     last_seen: Mutex<Option<String>>,
-    /// The shadow sample: the latest messages, at most `shadow_messages` and
-    /// [`SHADOW_BYTES`] (their footprint, the second field).
-    recent: Mutex<(VecDeque<Message>, usize)>,
+    /// The shadow sample: recent messages across partitions, at most `shadow_messages` and
+    /// [`SHADOW_BYTES`] (their footprint).
+    recent: Mutex<sample::Sample>,
     last: Mutex<LastReload>,
     /// The pipeline's durable deployment record (with `runtime.state_dir`).
     state: Mutex<Option<Arc<DeploymentStore>>>,
@@ -191,7 +191,7 @@ impl LiveTransform {
             probation: Mutex::new(Probation::default()),
             banned: Mutex::new(None),
             last_seen: Mutex::new(None),
-            recent: Mutex::new((VecDeque::new(), 0)),
+            recent: Mutex::new(sample::Sample::default()),
             last: Mutex::new(LastReload {
                 result: "initial".into(),
                 detail: String::new(),
@@ -297,6 +297,12 @@ impl LiveTransform {
         );
     }
 
+    /// A config change was refused as a whole (invalid, or it needs a restart): shown as
+    /// this pipeline's last decision, `config_refused`.
+    pub fn config_refused(&self, why: &str) {
+        self.set_last("config_refused", why.to_string());
+    }
+
     /// Stop the check in progress, if any, within an epoch tick (nothing is decided).
     pub fn cancel_check(&self, reason: &str) {
         if self.checking().is_some() {
@@ -372,32 +378,25 @@ impl LiveTransform {
         };
     }
 
-    /// Keep the tail of a processed batch for shadow checks.
+    /// Keep some of a processed batch for shadow checks: at most a quarter of the sample per
+    /// batch, spread over it, so one batch does not replace the sample and the cost on the
+    /// worker stays small.
     pub fn remember(&self, batch: &[Message]) {
         let n = self.config.shadow_messages;
-        if n == 0 {
+        if n == 0 || batch.is_empty() {
             return;
         }
-        let mut guard = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let (r, bytes) = &mut *guard;
-        for m in &batch[batch.len().saturating_sub(n)..] {
-            let size = m.footprint();
-            if size > SHADOW_BYTES {
-                continue;
-            }
-            while r.len() == n || *bytes + size > SHADOW_BYTES {
-                let Some(old) = r.pop_front() else { break };
-                *bytes -= old.footprint();
-            }
-            *bytes += size;
-            r.push_back(m.clone());
+        let take = (n / 4).max(1).min(batch.len());
+        let stride = batch.len() / take;
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for m in batch.iter().rev().step_by(stride.max(1)).take(take).rev() {
+            r.push(m, m.footprint(), n, SHADOW_BYTES);
         }
     }
 
     /// Messages and bytes in the shadow sample.
     pub fn sample_size(&self) -> (usize, usize) {
-        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        (r.0.len(), r.1)
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).size()
     }
 
     /// Record a batch's results under `generation`; during a probation, roll back when the
@@ -726,13 +725,11 @@ impl LiveTransform {
             .recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .0
-            .iter()
-            .cloned()
-            .collect();
+            .messages();
         let limits = ShadowLimits {
             max_new_failures: self.config.shadow_max_new_failures,
             max_changed: self.config.shadow_max_changed,
+            budget: std::time::Duration::from_millis(self.config.check_budget_ms),
         };
         self.cancel.store(false, Ordering::Release);
         *self.checking.lock().unwrap_or_else(|p| p.into_inner()) = Some(Checking {

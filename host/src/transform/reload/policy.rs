@@ -171,6 +171,9 @@ pub struct ShadowLimits {
     pub max_new_failures: f64,
     /// Largest fraction of the sample whose rows it may change.
     pub max_changed: f64,
+    /// Wall time the whole check may take (both versions on the sample; one thread, so it
+    /// bounds the CPU it uses too).
+    pub budget: std::time::Duration,
 }
 
 /// Instantiate the candidate (`init` with its config) and replay `sample` through it and the
@@ -186,16 +189,27 @@ pub fn shadow_check(
     cancel: &Arc<AtomicBool>,
 ) -> Result<OutputDiff, CheckError> {
     let label = crate::transform::wasm::lineage(module, settings);
+    let until = std::time::Instant::now() + limits.budget;
     let cancelled = || cancel.load(Ordering::Relaxed);
+    let spent = || std::time::Instant::now() >= until;
+    let over_budget = || {
+        CheckError::Refused(format!(
+            "{label} shadow-checked on {} recent messages: the check's budget of {} ms (reload.check_budget_ms) ran out",
+            sample.len(),
+            limits.budget.as_millis()
+        ))
+    };
     let refused = |why: String| {
         if cancelled() {
             CheckError::Cancelled
+        } else if spent() {
+            over_budget()
         } else {
             CheckError::Refused(why)
         }
     };
     let mut cand =
-        TransformInstance::new_cancellable(module.clone(), settings.clone(), cancel.clone())
+        TransformInstance::new_cancellable(module.clone(), settings.clone(), cancel.clone(), until)
             .map_err(|e| refused(e.to_string()))?;
     if sample.is_empty() {
         return Ok(OutputDiff::default());
@@ -204,6 +218,7 @@ pub fn shadow_check(
         running.module.clone(),
         running.settings.clone(),
         cancel.clone(),
+        until,
     )
     .map_err(|e| refused(format!("running version: {e}")))?;
     let t = std::time::Instant::now();
@@ -214,6 +229,7 @@ pub fn shadow_check(
     let after = match cand.process_once(sample, 0) {
         Ok(after) => after,
         Err(_) if cancelled() => return Err(CheckError::Cancelled),
+        Err(_) if spent() => return Err(over_budget()),
         Err(e) if matches!(e.kind, ErrorKind::Deadline { .. }) => {
             return Err(CheckError::Refused(format!(
                 "{label} shadow-checked on {} recent messages: {e}, where the running version took {} ms for all of them",
@@ -226,6 +242,9 @@ pub fn shadow_check(
     };
     if cancelled() {
         return Err(CheckError::Cancelled);
+    }
+    if spent() {
+        return Err(over_budget());
     }
     let mut diffs = Vec::new();
     let mut output = OutputDiff::default();

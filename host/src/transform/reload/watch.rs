@@ -283,7 +283,13 @@ pub fn watch(
                             match apply_config_change(cfg, cp, &engine, &watched.pipelines) {
                                 Ok(done) if done.is_empty() => tracing::info!("config file changed; nothing to apply"),
                                 Ok(done) => tracing::info!(changes = ?done, "config change applied"),
-                                Err(e) => tracing::warn!("{e}"),
+                                Err(e) => {
+                                    tracing::warn!("{e}");
+                                    // Not one pipeline's: every pipeline's state shows it.
+                                    for l in &watched.pipelines {
+                                        l.config_refused(&e);
+                                    }
+                                }
                             }
                         }
                         for (pipeline, file) in enrichment_files(cfg) {

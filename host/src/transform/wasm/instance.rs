@@ -10,6 +10,7 @@ use super::{ErrorKind, TransformError, abi_v1, abi_v2};
 use crate::model::{Message, Row, RowRef, check_object};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::{Store, Trap};
 
 /// The result for one input message, after host-side checks. `R` holds its rows: a
@@ -281,12 +282,19 @@ pub struct TransformInstance {
     /// Set from another thread to stop the call in progress (a check that is no longer
     /// wanted: a newer file, a shutdown); it traps within an epoch tick.
     cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// A check's wall-time budget: calls trap once it is spent.
+    budget_until: Option<Instant>,
 }
 
 /// The trap of a cancelled call.
 #[derive(Debug, thiserror::Error)]
 #[error("the check was cancelled")]
 pub struct Cancelled;
+
+/// The trap of a call past its check's budget.
+#[derive(Debug, thiserror::Error)]
+#[error("the check's time budget is spent")]
+pub struct BudgetSpent;
 
 impl TransformInstance {
     /// Instantiate `module` and call `init` with the settings' config.
@@ -304,17 +312,20 @@ impl TransformInstance {
             counters: HashMap::new(),
             quiet_traps: false,
             cancel: None,
+            budget_until: None,
         };
         inst.live = Some(inst.instantiate()?);
         Ok(inst)
     }
 
     /// Like [`TransformInstance::new`], for a check: `init` and every call stop (trap) soon
-    /// after `cancel` is set. Traps are logged at debug ([`Self::quiet_traps`]).
+    /// after `cancel` is set or `until` passes. Traps are logged at debug
+    /// ([`Self::quiet_traps`]).
     pub fn new_cancellable(
         module: Arc<TransformModule>,
         settings: InstanceSettings,
         cancel: Arc<std::sync::atomic::AtomicBool>,
+        until: Instant,
     ) -> Result<Self, TransformError> {
         let lineage = Arc::from(super::lineage(&module, &settings));
         let mut inst = TransformInstance {
@@ -326,6 +337,7 @@ impl TransformInstance {
             counters: HashMap::new(),
             quiet_traps: true,
             cancel: Some(cancel),
+            budget_until: Some(until),
         };
         inst.live = Some(inst.instantiate()?);
         Ok(inst)
@@ -402,18 +414,25 @@ impl TransformInstance {
         let mut store = Store::new(&m.engine, state);
         store.limiter(|s| &mut s.limiter);
         match self.cancel.clone() {
-            // Each tick asks: cancelled? past the deadline? The cost is one call per 10 ms.
-            Some(cancel) => store.epoch_deadline_callback(move |mut s| {
-                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(wasmtime::Error::new(Cancelled));
-                }
-                let st = s.data_mut();
-                if st.ticks_left == 0 {
-                    return Err(wasmtime::Error::new(Trap::Interrupt));
-                }
-                st.ticks_left -= 1;
-                Ok(wasmtime::UpdateDeadline::Continue(1))
-            }),
+            // Each tick asks: cancelled? budget spent? past the deadline? The cost is one call
+            // per 10 ms.
+            Some(cancel) => {
+                let until = self.budget_until;
+                store.epoch_deadline_callback(move |mut s| {
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(wasmtime::Error::new(Cancelled));
+                    }
+                    if until.is_some_and(|u| Instant::now() >= u) {
+                        return Err(wasmtime::Error::new(BudgetSpent));
+                    }
+                    let st = s.data_mut();
+                    if st.ticks_left == 0 {
+                        return Err(wasmtime::Error::new(Trap::Interrupt));
+                    }
+                    st.ticks_left -= 1;
+                    Ok(wasmtime::UpdateDeadline::Continue(1))
+                })
+            }
             None => store.epoch_deadline_trap(),
         }
         self.stats.instantiations += 1;
