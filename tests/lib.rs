@@ -455,6 +455,45 @@ pub fn read_topic(
     out
 }
 
+/// A reader of every partition of a topic from the beginning that keeps its position, so a
+/// test can wait for records to arrive without re-reading (and without a quiet-time guess).
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    pub letters: Vec<Letter>,
+}
+
+impl TopicReader {
+    pub fn new(addr: &str, topic: &str, partitions: i32) -> TopicReader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", addr)
+            .set("group.id", format!("reader-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        TopicReader {
+            consumer,
+            letters: Vec::new(),
+        }
+    }
+
+    /// Read what arrives within `d`, adding it to `letters`.
+    pub fn read_for(&mut self, d: Duration) -> &[Letter] {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+                self.letters.push(to_letter(&m));
+            }
+        }
+        &self.letters
+    }
+}
+
 /// The group's committed offsets for `topic`'s partitions that have one (a partition that
 /// never received a record has no commit, and none is expected: compare with
 /// [`end_offsets`], which lists only partitions that were produced to).

@@ -967,3 +967,533 @@ fn dead_letters_are_redriven_through_the_fix_once() {
     p.signal(15);
     assert!(p.wait(Duration::from_secs(30)).success());
 }
+
+/// Microseconds since the epoch of a `created_at` as the rows render it (a number, or
+/// `YYYY-MM-DDTHH:MM:SS[.ffffff]` in UTC).
+fn micros(v: &Value) -> i64 {
+    if let Some(n) = v.as_i64() {
+        return n;
+    }
+    let s = v.as_str().unwrap_or_else(|| panic!("created_at {v}"));
+    let num = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
+    let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
+    let secs = num(11, 13) * 3600 + num(14, 16) * 60 + num(17, 19);
+    let frac = s[19..].trim_start_matches('.').trim_end_matches('Z');
+    let us = format!("{frac:0<6}")[..6].parse::<i64>().unwrap_or(0);
+    // Days from the civil date (proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days * 86_400 + secs) * 1_000_000 + us
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// What runs, sampled every 100 ms: (time, running version, the previous version while the
+/// running one is on probation, which still handles what the candidate fails).
+type Seen = Vec<(i64, String, Option<String>)>;
+
+struct Timeline {
+    addr: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Timeline {
+    fn start(addr: &str) -> Timeline {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let (addr, stop, seen) = (
+            Arc::new(Mutex::new(addr.to_string())),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let (a, s, v) = (addr.clone(), stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = a.lock().unwrap().clone();
+                if let Ok((200, body)) = try_http_get(&at, "/transforms")
+                    && let Ok(t) = serde_json::from_str::<Value>(&body)
+                {
+                    let running = t[0]["running_version"].as_str().unwrap_or("").to_string();
+                    let previous = t[0]["probation"]
+                        .is_object()
+                        .then(|| t[0]["previous_version"].as_str().map(str::to_string))
+                        .flatten();
+                    v.lock().unwrap().push((now_us(), running, previous));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Timeline {
+            addr,
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn set_addr(&self, addr: &str) {
+        *self.addr.lock().unwrap() = addr.to_string();
+    }
+
+    fn finish(mut self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A scripted day of 30 deployment actions under load, through the CLI and the files, with the
+/// default relative config path: valid versions, a config edit and enrichment edits that change
+/// output, a looping candidate followed 2 s later by its fix, a version that traps on 1% of
+/// records, a burst of bad input after a good deploy, a restart after a rejection, a manual
+/// rollback, a pin and an unpin, `deploy --wait` for each candidate. Afterwards every offset is
+/// in a row or a dead letter, no id is duplicated, each row was written by a version running
+/// (or, on probation, still warm) at that time, no good version was rolled back, the fix ran
+/// within 10 s of its write, and each decision logged a handful of lines.
+#[test]
+fn a_day_of_thirty_deployments_keeps_every_record_and_only_accepted_versions_write() {
+    let broker = Broker::start();
+    broker.create_topic("raw-logs", 2);
+    broker.create_topic("raw-logs-dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("transforms")).unwrap();
+    let wasm = d.join("transforms/raw-logs.wasm");
+    let read = |p: &str| std::fs::read(p).unwrap();
+    let good = vast_guest_artifacts::RAW_LOGS.to_vec();
+    let team = read(vast_test_guests::TEAM_ENRICH_PATH);
+    let rare = read(vast_test_guests::TRAPS_RARELY_PATH);
+    let looping = read(vast_test_guests::LOOPS_ALWAYS_PATH);
+    let half = read(vast_test_guests::FAILS_HALF_PATH);
+    let traps = read(vast_test_guests::TRAPS_ALWAYS_PATH);
+    for (name, bytes) in [
+        ("good.wasm", &good),
+        ("team.wasm", &team),
+        ("rare.wasm", &rare),
+        ("loop.wasm", &looping),
+        ("half.wasm", &half),
+        ("traps.wasm", &traps),
+    ] {
+        std::fs::write(d.join(name), bytes).unwrap();
+    }
+    std::fs::write(d.join("garbage.wasm"), b"not a component").unwrap();
+    std::fs::write(&wasm, &good).unwrap();
+    let csv = |team: &str| format!("entity_id,team,owner\npg-1,{team},ann@example.com\n");
+    std::fs::write(d.join("teams.csv"), csv("alpha")).unwrap();
+    std::fs::write(d.join("teams2.csv"), csv("gamma")).unwrap();
+    let cfg = reload_config(
+        &broker,
+        "e2e-day",
+        "transform = \"transforms/raw-logs.wasm\"",
+        100,
+    )
+    .replace(
+        "[reload]\n",
+        "[reload]\nprobation_batches = 2\nprobation_records = 400\nprobation_seconds = 2\n",
+    ) + "[pipelines.enrichment.teams]\npath = \"teams.csv\"\nkey = \"entity_id\"\n";
+    let data = d.join("data");
+    let start = |cfg: &str| {
+        let p = Processor::start(VP, d, cfg, &data, &[]);
+        let mut addr = String::new();
+        wait_until(Duration::from_secs(60), "the admin server", || {
+            addr = admin_addr(&p.log_text()).unwrap_or_default();
+            !addr.is_empty()
+        });
+        (p, addr)
+    };
+    let (mut p, mut addr) = start(&cfg);
+    let timeline = Timeline::start(&addr);
+    p.wait_joined("group join");
+    let load = Load::start(
+        &broker.addr,
+        "raw-logs",
+        20,
+        0,
+        11,
+        Duration::from_millis(150),
+    );
+    wait_until(Duration::from_secs(30), "traffic", || {
+        delivered(&addr).0 > 100.0
+    });
+
+    // A CLI command in the background: (exit code, stdout and stderr).
+    let cli = |addr: &str, args: &[&str]| {
+        let (dir, mut all) = (d.to_path_buf(), Vec::new());
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(["--admin".to_string(), addr.to_string()]);
+        std::thread::spawn(move || {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            let (code, out, err) = vp(&dir, &args, None);
+            (code, format!("{out}{err}"))
+        })
+    };
+    let deploy_bg = |addr: &str, file: &str| {
+        cli(
+            addr,
+            &[
+                "transform",
+                "deploy",
+                "--pipeline",
+                "raw-logs",
+                file,
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+        )
+    };
+    let expect = |(code, out): (i32, String), want: i32, what: &str| {
+        assert_eq!(code, want, "{what}: {out}");
+        out
+    };
+    let deploy = |addr: &str, file: &str, want: i32| {
+        expect(deploy_bg(addr, file).join().unwrap(), want, file)
+    };
+    let command = |addr: &str, args: &[&str], want: i32| {
+        expect(cli(addr, args).join().unwrap(), want, &args.join(" "))
+    };
+    let last_at = |addr: &str| {
+        transforms(addr)[0]["last_reload"]["at_unix_ms"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let decided_after = |addr: &str, before: u64, what: &str| {
+        wait_until(Duration::from_secs(30), what, || last_at(addr) > before);
+        transforms(addr)[0]["last_reload"].clone()
+    };
+    let running = |addr: &str| {
+        transforms(addr)[0]["running_version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // The log lines about reloading at INFO and above.
+    let reload_lines = |log: &str| -> usize {
+        log.lines()
+            .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+            .filter(|l| {
+                [
+                    "reload",
+                    "candidate",
+                    "shadow",
+                    "probation",
+                    "swapped",
+                    "rolled back",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+            })
+            .count()
+    };
+
+    let mut cfg_now = cfg.clone();
+    let mut extra: Vec<Produced> = Vec::new();
+    let mut noise: Vec<(usize, &str, usize)> = Vec::new();
+    let mut fix_live_after = Duration::ZERO;
+    for step in 1..=30 {
+        let lines_before = reload_lines(&p.log_text());
+        let what = match step {
+            1 | 4 | 15 | 23 | 27 | 30 => {
+                let out = deploy(&addr, "team.wasm", 0);
+                assert!(out.contains("passed its probation"), "{out}");
+                "deploy team-enrich"
+            }
+            2 | 7 | 21 | 25 | 29 => {
+                let out = deploy(&addr, "good.wasm", 0);
+                assert!(out.contains("passed its probation"), "{out}");
+                "deploy raw-logs"
+            }
+            3 | 24 => {
+                let out = deploy(&addr, "garbage.wasm", 1);
+                assert!(out.contains("rejected"), "{out}");
+                "deploy garbage"
+            }
+            6 | 22 => {
+                // Rejected by the shadow check, or (right after the restart, when the sample
+                // may still be empty) rolled back in its probation.
+                let out = deploy(&addr, "half.wasm", 1);
+                assert!(
+                    out.contains("rejected") || out.contains("rolled back"),
+                    "{out}"
+                );
+                "deploy fails-half"
+            }
+            8 | 28 => {
+                // Caught by the shadow check or in its probation, depending on the sample;
+                // the second time it is refused as rolled back before, if it was.
+                let before = running(&addr);
+                let out = deploy(&addr, "rare.wasm", 1);
+                assert!(
+                    out.contains("rejected") || out.contains("rolled back"),
+                    "{out}"
+                );
+                assert_eq!(running(&addr), before, "what ran before runs again");
+                "deploy traps-rarely"
+            }
+            5 | 26 => {
+                // An enrichment edit: team-enrich's output changes (5); raw-logs ignores the
+                // table, but its rows get a new version label (26).
+                let before = last_at(&addr);
+                let (file, team) = if step == 5 {
+                    ("teams.csv", "beta")
+                } else {
+                    ("teams2.csv", "delta")
+                };
+                let label = running(&addr);
+                replace_file(&d.join(file), &csv(team));
+                let last = decided_after(&addr, before, "the enrichment edit decided");
+                assert_eq!(last["result"], "accepted", "{last}");
+                if step == 5 {
+                    assert!(
+                        last["output_diff"]["changed"].as_u64().unwrap_or(0) > 0,
+                        "the changed output is reported: {last}"
+                    );
+                }
+                assert_ne!(running(&addr), label, "a new version label");
+                "edit the enrichment table"
+            }
+            9 => {
+                // A good deploy, then a burst of bad input during its probation: input the
+                // previous version rejects too must not roll it back.
+                let waiting = deploy_bg(&addr, "team.wasm");
+                wait_until(Duration::from_secs(30), "team on probation", || {
+                    let t = transforms(&addr);
+                    runs(t[0]["running_version"].as_str().unwrap(), &team)
+                        && t[0]["probation"].is_object()
+                });
+                let burst: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..100)
+                    .map(|i| (None, format!("{{\"broken\": {i}").into_bytes()))
+                    .collect();
+                extra.extend(produce(&broker.addr, "raw-logs", &burst));
+                let out = expect(waiting.join().unwrap(), 0, "team after the burst");
+                assert!(out.contains("passed its probation"), "{out}");
+                "deploy team-enrich, then bad input"
+            }
+            10 => {
+                // A config edit: the table now comes from another file (output changes).
+                let before = last_at(&addr);
+                cfg_now = cfg.replace("path = \"teams.csv\"", "path = \"teams2.csv\"");
+                replace_file(&d.join("pipelines.toml"), &cfg_now);
+                let last = decided_after(&addr, before, "the config edit decided");
+                assert_eq!(last["result"], "accepted", "{last}");
+                "edit pipelines.toml"
+            }
+            11 => {
+                // A looping candidate, and its fix 2 s later.
+                let looping_deploy = deploy_bg(&addr, "loop.wasm");
+                std::thread::sleep(Duration::from_secs(2));
+                let written = std::time::Instant::now();
+                let fix = deploy_bg(&addr, "good.wasm");
+                wait_until(Duration::from_secs(30), "the fix running", || {
+                    runs(&running(&addr), &good)
+                });
+                fix_live_after = written.elapsed();
+                let out = expect(looping_deploy.join().unwrap(), 1, "the looping candidate");
+                assert!(!out.contains("passed"), "{out}");
+                expect(fix.join().unwrap(), 0, "the fix");
+                "deploy a looping candidate, then the fix"
+            }
+            12 => {
+                let before = running(&addr);
+                let out = deploy(&addr, "traps.wasm", 1);
+                assert!(out.contains("rejected"), "{out}");
+                assert_eq!(running(&addr), before);
+                "deploy traps-always"
+            }
+            13 => {
+                // A restart after the rejection: the rejected file is still on disk.
+                p.signal(15);
+                assert!(
+                    p.wait(Duration::from_secs(30)).success(),
+                    "{}",
+                    p.log_text()
+                );
+                (p, addr) = start(&cfg_now);
+                timeline.set_addr(&addr);
+                p.wait_joined("group join after the restart");
+                let t = transforms(&addr);
+                assert!(
+                    runs(t[0]["running_version"].as_str().unwrap(), &good),
+                    "{t}"
+                );
+                assert!(
+                    t[0]["refused_file"]["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("rejected"),
+                    "{t}"
+                );
+                continue;
+            }
+            14 => {
+                // A candidate judged after the restart, against what was running before it.
+                // Rejected by the shadow check, or (right after the restart, when the sample
+                // may still be empty) rolled back in its probation.
+                let out = deploy(&addr, "half.wasm", 1);
+                assert!(
+                    out.contains("rejected") || out.contains("rolled back"),
+                    "{out}"
+                );
+                "deploy fails-half"
+            }
+            16 => {
+                let out = command(&addr, &["transform", "rollback", "raw-logs"], 0);
+                assert!(runs(&running(&addr), &good), "{out}");
+                "roll back by hand"
+            }
+            17 => {
+                let v = format!("raw-logs@{}", hash12(&good));
+                command(&addr, &["transform", "pin", "raw-logs", &v], 0);
+                "pin"
+            }
+            18 => {
+                let out = deploy(&addr, "team.wasm", 1);
+                assert!(out.contains("pinned"), "{out}");
+                assert!(runs(&running(&addr), &good));
+                "deploy while pinned"
+            }
+            19 => {
+                command(
+                    &addr,
+                    &["transform", "unban", "raw-logs", &hash12(&team)],
+                    0,
+                );
+                "unban team-enrich"
+            }
+            20 => {
+                let out = command(&addr, &["transform", "unpin", "raw-logs"], 0);
+                assert!(out.contains("then the transform file: accepted"), "{out}");
+                assert!(runs(&running(&addr), &team), "{out}");
+                "unpin"
+            }
+            _ => unreachable!("step {step}"),
+        };
+        noise.push((step, what, reload_lines(&p.log_text()) - lines_before));
+    }
+    assert!(
+        fix_live_after <= Duration::from_secs(10),
+        "the fix ran {fix_live_after:?} after its write"
+    );
+    let mut produced = load.finish();
+    produced.extend(extra);
+
+    // Everything lands: each offset in a row or a dead letter.
+    let offset_of = |r: &Value| {
+        (
+            r["source_partition"].as_i64().unwrap() as i32,
+            r["source_offset"].as_i64().unwrap(),
+        )
+    };
+    let letter_at = |l: &Letter| {
+        (
+            l.headers["x-vast-source-partition"].parse::<i32>().unwrap(),
+            l.headers["x-vast-source-offset"].parse::<i64>().unwrap(),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut dlq = TopicReader::new(&broker.addr, "raw-logs-dlq", 1);
+    let (all, letters) = loop {
+        let all = rows(&data, vast_processor::model::Table::Events);
+        let letters = dlq.read_for(Duration::from_secs(1)).to_vec();
+        let mut done: HashSet<(i32, i64)> = all.iter().map(offset_of).collect();
+        done.extend(letters.iter().map(letter_at));
+        let missing: Vec<_> = produced
+            .iter()
+            .filter(|r| !done.contains(&(r.partition, r.offset)))
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        if missing.is_empty() {
+            break (all, letters);
+        }
+        if std::time::Instant::now() >= deadline {
+            // Keep the logs for a look after the temporary directory is gone.
+            let keep = scratch().join(format!("day-of-deployments-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for e in std::fs::read_dir(d).unwrap().flatten() {
+                if e.file_name().to_string_lossy().ends_with(".log") {
+                    let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+                }
+            }
+            let first = produced
+                .iter()
+                .find(|r| (r.partition, r.offset) == missing[0])
+                .map(|r| String::from_utf8_lossy(&r.payload).into_owned());
+            panic!(
+                "{} records lost, e.g. {:?} (first: {first:?}); {} rows and {} dead letters read; logs in {}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                all.len(),
+                letters.len(),
+                keep.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    p.signal(15);
+    assert!(
+        p.wait(Duration::from_secs(30)).success(),
+        "{}",
+        p.log_text()
+    );
+    let seen = timeline.finish();
+
+    let ids: HashSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), all.len(), "duplicated rows");
+    assert!(
+        letters.iter().all(|l| {
+            let v = l.headers["x-vast-transform-version"].as_str();
+            ![&looping, &half, &traps].iter().any(|b| runs(v, b))
+        }),
+        "no rejected candidate handled a live record"
+    );
+    // Each row's version ran (or stayed warm on a probation) within a second and a half of
+    // the row's processing time.
+    const SLACK_US: i64 = 1_500_000;
+    let mut versions: HashSet<&str> = HashSet::new();
+    for r in &all {
+        let v = r["transform_version"].as_str().unwrap();
+        versions.insert(v);
+        assert!(
+            ![&looping, &half, &traps].iter().any(|b| runs(v, b)),
+            "a rejected candidate wrote a row: {v}"
+        );
+        let at = micros(&r["created_at"]);
+        let lo = seen.partition_point(|s| s.0 < at - SLACK_US);
+        let hi = seen.partition_point(|s| s.0 <= at + SLACK_US);
+        assert!(
+            seen[lo..hi]
+                .iter()
+                .any(|(_, run, prev)| run == v || prev.as_deref() == Some(v)),
+            "row at offset {:?} by {v} at {at}, when {:?} ran",
+            offset_of(r),
+            &seen[lo..hi]
+                .iter()
+                .map(|s| (&s.1, &s.2))
+                .collect::<HashSet<_>>()
+        );
+    }
+    // Two modules under three tables contents and two configs: more than two labels.
+    assert!(versions.len() >= 4, "{versions:?}");
+    // One decision, a handful of lines.
+    for (step, what, lines) in &noise {
+        assert!(
+            *lines <= 6,
+            "step {step} ({what}) logged {lines} reload lines: {noise:?}"
+        );
+    }
+    eprintln!(
+        "day of deployments: fix live after {fix_live_after:?}; log lines per action {noise:?}"
+    );
+}

@@ -9,6 +9,8 @@ const GUESTS: &[&str] = &[
     "init-fails",
     "traps-always",
     "fails-half",
+    "traps-rarely",
+    "loops-always",
     "legacy-v0-1",
 ];
 

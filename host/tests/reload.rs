@@ -118,6 +118,58 @@ fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
     assert_eq!(live.current().module.version(), team.version());
 }
 
+/// A version that traps on one record in a hundred passed the rate threshold (20%); a trap
+/// where the replaced version made rows now rolls it back at once, and the detail says so.
+#[test]
+fn a_rare_trap_after_the_swap_rolls_back_whatever_the_rate() {
+    let engine = TransformEngine::new(None).unwrap();
+    let good = bundled_raw_logs(&engine);
+    let rare = engine
+        .load(
+            "raw-logs",
+            &std::fs::read(vast_test_guests::TRAPS_RARELY_PATH).unwrap(),
+        )
+        .unwrap();
+    let live = LiveTransform::new(
+        "raw-logs",
+        good.clone(),
+        InstanceSettings::default(),
+        ReloadConfig {
+            probation_batches: 100,
+            probation_records: 1000,
+            ..Default::default()
+        },
+    );
+    live.try_swap(rare.clone(), InstanceSettings::default())
+        .unwrap();
+    let v = live.current();
+    let mut inst = TransformInstance::new(v.module.clone(), v.settings.clone()).unwrap();
+    // It traps on offsets 7, 107, ...: none in 10..100, one in 100..150.
+    for (from, n) in [(10, 40), (50, 50), (100, 50)] {
+        let batch = msgs(from, n);
+        let results = inst.process(&batch, 0);
+        live.observe(v.generation, &batch, &results);
+        assert_eq!(
+            live.current().module.version() == rare.version(),
+            from < 100,
+            "after offsets {from}..{}: {:?}",
+            from + n,
+            live.last()
+        );
+    }
+    let last = live.last();
+    assert_eq!(last.result, "rolled_back");
+    assert!(
+        last.detail.contains("failed 1 of 140 records")
+            && last
+                .detail
+                .contains("1 of them traps, over reload.rollback_max_new_traps = 0"),
+        "{}",
+        last.detail
+    );
+    assert_eq!(live.current().module.version(), good.version());
+}
+
 fn team_tag(live: &LiveTransform) -> Option<String> {
     let v = live.current();
     let mut inst = TransformInstance::new(v.module.clone(), v.settings.clone()).unwrap();

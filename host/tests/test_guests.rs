@@ -146,6 +146,41 @@ fn fails_half() {
 }
 
 #[test]
+fn traps_rarely() {
+    let mut inst = load(
+        vast_test_guests::TRAPS_RARELY_PATH,
+        InstanceSettings::default(),
+    )
+    .unwrap();
+    let out = inst.process(&msgs(&[LOG; 10]), 0);
+    let trapped: Vec<usize> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, MessageResult::Error(e) if e.is_trap()))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(trapped, [7], "only offset 7 traps: {out:?}");
+    assert!(matches!(&out[0], MessageResult::Rows(_)), "{out:?}");
+}
+
+#[test]
+fn loops_always() {
+    let settings = InstanceSettings {
+        limits: Limits {
+            deadline_ms: 300,
+            ..Limits::default()
+        },
+        ..InstanceSettings::default()
+    };
+    let mut inst = load(vast_test_guests::LOOPS_ALWAYS_PATH, settings).unwrap();
+    let out = inst.process(&msgs(&[LOG]), 0);
+    assert!(
+        matches!(&out[0], MessageResult::Error(e) if matches!(e.kind, ErrorKind::Deadline { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn legacy_v0_1() {
     let mut inst = load(
         vast_test_guests::LEGACY_V0_1_PATH,

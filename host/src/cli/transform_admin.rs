@@ -140,6 +140,11 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
+        if !body.is_empty() {
+            // The server refuses a write before reading its body (403 without a token): the
+            // body follows its 100 Continue, so a refusal is read, not a broken pipe.
+            req = req.header("Expect", "100-continue");
+        }
         let mut resp = req
             .send(body)
             .with_context(|| format!("cannot reach the processor at {}", self.base))?;
@@ -220,7 +225,7 @@ pub fn render_status(list: &[Value]) -> String {
         if let Some(p) = t["probation"].as_object() {
             let _ = writeln!(
                 o,
-                "  probation: {}/{} records, {}/{} batches, {:.0}/{} s; {} new failures ({} failed in both versions)",
+                "  probation: {}/{} records, {}/{} batches, {:.0}/{} s; {} new failures, {} of them traps ({} failed in both versions)",
                 p["messages"],
                 p["needs_messages"],
                 p["batches"],
@@ -228,6 +233,7 @@ pub fn render_status(list: &[Value]) -> String {
                 p["seconds"].as_f64().unwrap_or(0.0),
                 p["needs_seconds"],
                 p["new_failures"],
+                p["new_traps"],
                 p["both_failed"]
             );
         }

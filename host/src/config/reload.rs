@@ -28,6 +28,10 @@ pub struct ReloadConfig {
     pub probation_seconds: u64,
     /// Error-and-trap rate over the probation that triggers a rollback.
     pub rollback_error_rate: f64,
+    /// New traps (crashes, deadlines, memory) the probation tolerates on records the replaced
+    /// version handled, whatever the rate: a version that crashes where the old one did not is
+    /// broken even when it does so rarely.
+    pub rollback_max_new_traps: u64,
 }
 
 impl Default for ReloadConfig {
@@ -44,6 +48,7 @@ impl Default for ReloadConfig {
             probation_records: 1000,
             probation_seconds: 60,
             rollback_error_rate: 0.2,
+            rollback_max_new_traps: 0,
         }
     }
 }

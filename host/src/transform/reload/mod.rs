@@ -73,6 +73,8 @@ struct Probation {
     messages: u64,
     /// Records the new version failed that the previous one turned into rows or skipped.
     new_failures: u64,
+    /// Of the new failures, traps (crash, deadline, memory).
+    new_traps: u64,
     /// Records both versions failed (not counted against the new version).
     both_failed: u64,
     started: Option<std::time::Instant>,
@@ -162,6 +164,8 @@ pub struct ProbationProgress {
     pub messages: u64,
     pub batches: u64,
     pub new_failures: u64,
+    /// Of the new failures, traps.
+    pub new_traps: u64,
     pub both_failed: u64,
     pub seconds: f64,
     /// The minimums it must reach (records, batches, seconds).
@@ -331,6 +335,7 @@ impl LiveTransform {
             messages: p.messages,
             batches: p.batches,
             new_failures: p.new_failures,
+            new_traps: p.new_traps,
             both_failed: p.both_failed,
             seconds: p.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             needs_messages: self.config.probation_records,
@@ -413,23 +418,35 @@ impl LiveTransform {
             if !p.active {
                 return;
             }
-            let failing: Vec<Message> = msgs
+            let trapped =
+                |r: &MessageResult<R>| matches!(r, MessageResult::Error(e) if e.is_trap());
+            let (failing, traps): (Vec<Message>, Vec<bool>) = msgs
                 .iter()
                 .zip(results)
                 .filter(|(_, r)| failed(r))
-                .map(|(m, _)| m.clone())
-                .collect();
-            let mut new = failing.len() as u64;
+                .map(|(m, r)| (m.clone(), trapped(r)))
+                .unzip();
+            let (mut new, mut new_traps) = (
+                failing.len() as u64,
+                traps.iter().filter(|t| **t).count() as u64,
+            );
             if let (false, Some(prev)) = (failing.is_empty(), p.previous.as_mut()) {
                 let before = prev.process(&failing, crate::model::now_micros());
-                new = before
+                let handled: Vec<bool> = before
                     .iter()
-                    .filter(|r| matches!(r, MessageResult::Rows(_) | MessageResult::Skip(_)))
+                    .map(|r| matches!(r, MessageResult::Rows(_) | MessageResult::Skip(_)))
+                    .collect();
+                new = handled.iter().filter(|h| **h).count() as u64;
+                new_traps = handled
+                    .iter()
+                    .zip(&traps)
+                    .filter(|(h, t)| **h && **t)
                     .count() as u64;
             }
             p.batches += 1;
             p.messages += msgs.len() as u64;
             p.new_failures += new;
+            p.new_traps += new_traps;
             p.both_failed += failing.len() as u64 - new;
             let over = p.over(&self.config);
             let roll = should_roll_back(
@@ -437,9 +454,9 @@ impl LiveTransform {
                 p.new_failures,
                 over,
                 self.config.rollback_error_rate,
-            );
+            ) || p.new_traps > self.config.rollback_max_new_traps;
             if roll {
-                Some((p.messages, p.new_failures, p.both_failed))
+                Some((p.messages, p.new_failures, p.new_traps, p.both_failed))
             } else {
                 if over {
                     // Passed: the previous version need not stay warm any longer.
@@ -461,19 +478,26 @@ impl LiveTransform {
             .active
     }
 
-    fn roll_back(&self, (messages, new_failures, both_failed): (u64, u64, u64)) {
+    fn roll_back(&self, (messages, new_failures, new_traps, both_failed): (u64, u64, u64, u64)) {
         let (Some(prev), bad) = (self.previous(), self.current()) else {
             return;
         };
+        let rate = new_failures as f64 / messages.max(1) as f64;
+        let over = if new_traps > self.config.rollback_max_new_traps {
+            format!(
+                "{new_traps} of them traps, over reload.rollback_max_new_traps = {}",
+                self.config.rollback_max_new_traps
+            )
+        } else {
+            format!("over {}", self.config.rollback_error_rate)
+        };
         let reason = format!(
-            "{} failed {new_failures} of {messages} records after the swap that {} handled (rate {:.3}, over {}; {both_failed} more failed in both versions and did not count); {} restored",
+            "{} failed {new_failures} of {messages} records after the swap that {} handled (rate {rate:.3}, {over}; {both_failed} more failed in both versions and did not count); {} restored",
             bad.label(),
             prev.label(),
-            new_failures as f64 / messages.max(1) as f64,
-            self.config.rollback_error_rate,
             prev.label()
         );
-        tracing::error!(pipeline = %self.pipeline, bad = bad.label(), restored = prev.label(), new_failures, messages, both_failed, "new transform version failed too often after the swap: rolled back");
+        tracing::error!(pipeline = %self.pipeline, bad = bad.label(), restored = prev.label(), new_failures, new_traps, messages, both_failed, "new transform version failed too often after the swap: rolled back");
         self.restore(&prev, &bad, reason);
     }
 

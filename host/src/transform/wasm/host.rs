@@ -76,6 +76,8 @@ pub struct StoreState {
     pub(super) log_bytes: u64,
     pub(super) truncated: u64,
     pub(super) counters: HashMap<String, i64>,
+    /// A check's instance: its guest's log lines go to debug (the decision summarises them).
+    pub(super) quiet: bool,
     /// Epoch ticks left before the deadline, for a cancellable instance (its deadline is
     /// counted in a callback that also looks at the cancel flag).
     pub(super) ticks_left: u64,
@@ -130,6 +132,7 @@ impl StoreState {
             log_bytes: 0,
             truncated: 0,
             counters: HashMap::new(),
+            quiet: false,
             ticks_left: 0,
         }
     }
@@ -155,6 +158,10 @@ impl StoreState {
         self.log_byte_tokens -= bytes;
         self.log_bytes += message.len() as u64;
         let v = &*self.version;
+        if self.quiet {
+            tracing::debug!(target: "guest", transform = v, level = ?level, "{message}");
+            return;
+        }
         match level {
             Level::Trace => tracing::trace!(target: "guest", transform = v, "{message}"),
             Level::Debug => tracing::debug!(target: "guest", transform = v, "{message}"),

@@ -347,6 +347,9 @@ impl TransformInstance {
     /// and reports them in its decision (one summary instead of a WARN per record).
     pub fn quiet_traps(mut self) -> Self {
         self.quiet_traps = true;
+        if let Some(live) = self.live.as_mut() {
+            live.store.data_mut().quiet = true;
+        }
         self
     }
 
@@ -410,7 +413,8 @@ impl TransformInstance {
 
     fn instantiate(&mut self) -> Result<Live, TransformError> {
         let m = self.module.clone();
-        let state = StoreState::new(&self.settings, Arc::from(m.version()));
+        let mut state = StoreState::new(&self.settings, Arc::from(m.version()));
+        state.quiet = self.quiet_traps;
         let mut store = Store::new(&m.engine, state);
         store.limiter(|s| &mut s.limiter);
         match self.cancel.clone() {
@@ -480,17 +484,27 @@ impl TransformInstance {
         for (name, delta) in s.counters.drain() {
             *self.counters.entry(name).or_default() += delta;
         }
+        let quiet = s.quiet;
         for line in String::from_utf8_lossy(&out)
             .lines()
             .filter(|l| !l.trim().is_empty())
         {
-            tracing::info!(target: "guest", transform = &*version, stream = "stdout", "{line}");
+            if quiet {
+                tracing::debug!(target: "guest", transform = &*version, stream = "stdout", "{line}");
+            } else {
+                tracing::info!(target: "guest", transform = &*version, stream = "stdout", "{line}");
+            }
         }
         let err_text = String::from_utf8_lossy(&err).into_owned();
         for line in err_text.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::warn!(target: "guest", transform = &*version, stream = "stderr", "{line}");
+            // A candidate's panics in a check are expected; its decision summarises them.
+            if quiet {
+                tracing::debug!(target: "guest", transform = &*version, stream = "stderr", "{line}");
+            } else {
+                tracing::warn!(target: "guest", transform = &*version, stream = "stderr", "{line}");
+            }
         }
-        if out_dropped + err_dropped > 0 {
+        if out_dropped + err_dropped > 0 && !quiet {
             tracing::warn!(target: "guest", transform = &*version, bytes = out_dropped + err_dropped, "guest output over the capture limit was discarded");
         }
         err_text
@@ -629,6 +643,16 @@ impl TransformInstance {
         let mark = p.store.mark();
         let outs = match self.call(batch, &mut p.store) {
             Ok(outs) if outs.len() == batch.len() => Some(outs),
+            Ok(outs) if self.quiet_traps => {
+                tracing::debug!(
+                    transform = self.module.version(),
+                    expected = batch.len(),
+                    got = outs.len(),
+                    "candidate returned the wrong number of outcomes in a check"
+                );
+                p.store.reset(mark);
+                None
+            }
             Ok(outs) => {
                 tracing::warn!(
                     transform = self.module.version(),
