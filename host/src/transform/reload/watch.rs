@@ -483,6 +483,56 @@ pub fn reevaluate(live: &LiveTransform, engine: &TransformEngine) -> Option<Deci
 mod tests {
     use super::*;
 
+    /// Every form a config path takes (relative to the working directory, absolute, a
+    /// symlink to a file elsewhere) names the file that an event's absolute path reports.
+    #[test]
+    fn an_event_matches_relative_absolute_and_symlinked_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = dir.path().join("etc");
+        std::fs::create_dir(&real_dir).unwrap();
+        let real = real_dir.join("real.toml");
+        std::fs::write(&real, "x").unwrap();
+        let link = dir.path().join("pipelines.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        // A relative path from the working directory to the link.
+        let rel = pathdiff(&link, &cwd);
+        assert!(rel.is_relative());
+        // The watcher reports absolute paths: the link's directory and the target's.
+        assert!(same_file(&link, &rel), "relative vs absolute");
+        assert!(
+            same_file(&link, &link.canonicalize().unwrap()),
+            "the link resolves"
+        );
+        assert!(
+            same_file(&real, &link),
+            "an edit of the target is an edit of the link"
+        );
+        assert!(same_file(&real, &rel), "and of a relative link");
+        assert!(!same_file(&real_dir.join("other.toml"), &link));
+        // A bare file name is in the working directory.
+        assert!(same_file(&cwd.join("Cargo.toml"), Path::new("Cargo.toml")));
+    }
+
+    /// `to` relative to `base` (both absolute), through `..` where needed.
+    fn pathdiff(to: &Path, base: &Path) -> PathBuf {
+        let base = base.canonicalize().unwrap();
+        let to_dir = to.parent().unwrap().canonicalize().unwrap();
+        let common = base
+            .components()
+            .zip(to_dir.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut out = PathBuf::new();
+        for _ in base.components().skip(common) {
+            out.push("..");
+        }
+        for c in to_dir.components().skip(common) {
+            out.push(c);
+        }
+        out.join(to.file_name().unwrap())
+    }
+
     #[test]
     fn debounce_waits_for_quiet() {
         let mut d = Debouncer::new(Duration::from_millis(100));
