@@ -418,9 +418,13 @@ struct SlowSink {
 }
 
 impl Sink for SlowSink {
-    fn write(&self, batches: &[(Table, arrow_array::RecordBatch)]) -> Result<(), SinkError> {
+    fn write(
+        &self,
+        batches: &[(Table, arrow_array::RecordBatch)],
+        landing: Option<&vast_processor::sink::Landing>,
+    ) -> Result<(), SinkError> {
         std::thread::sleep(self.delay);
-        self.inner.write(batches)?;
+        self.inner.write(batches, landing)?;
         let n: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         self.rows.fetch_add(n, Ordering::Relaxed);
         Ok(())

@@ -32,8 +32,10 @@ struct BenchArgs {
     /// A Kafka broker for the end-to-end measurement (skipped without it).
     #[arg(long)]
     bootstrap: Option<String>,
-    /// Measure only these scenarios (a, b, c, d, e, f; repeatable or comma-separated; default:
-    /// a to e). f (with --bootstrap) is the in-flight footprint of a `run` whose sink stalls.
+    /// Measure only these scenarios (a to h; repeatable or comma-separated; default: all but
+    /// f). f (with --bootstrap) is the in-flight footprint of a `run` whose sink stalls; g
+    /// the Parquet sink with exactly-once against at-least-once delivery; h the Parquet
+    /// start-up recovery of a directory of 10,000 files.
     #[arg(long = "scenario", value_delimiter = ',', value_parser = parse_scenario)]
     scenarios: Vec<char>,
     /// Batch sizes for scenario a (repeatable or comma-separated; default: 1,100,1000,10000).
@@ -51,9 +53,9 @@ struct BenchArgs {
 
 fn parse_scenario(s: &str) -> Result<char, String> {
     match s.trim() {
-        one @ ("a" | "b" | "c" | "d" | "e" | "f") => Ok(char::from(one.as_bytes()[0])),
+        one @ ("a" | "b" | "c" | "d" | "e" | "f" | "g" | "h") => Ok(char::from(one.as_bytes()[0])),
         other => Err(format!(
-            "unknown scenario `{other}`: expected one of a, b, c, d, e, f"
+            "unknown scenario `{other}`: expected one of a, b, c, d, e, f, g, h"
         )),
     }
 }

@@ -128,7 +128,11 @@ pub struct EncodeOnlySink {
 }
 
 impl Sink for EncodeOnlySink {
-    fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
+    fn write(
+        &self,
+        batches: &[(Table, RecordBatch)],
+        _: Option<&vast_processor::sink::Landing>,
+    ) -> Result<(), SinkError> {
         let props = vast_processor::sink::parquet::writer_properties();
         let fail = |e: parquet::errors::ParquetError| {
             SinkError::stop(
@@ -271,11 +275,23 @@ fn full_path(
     msgs: &[Message],
     dir: &std::path::Path,
 ) -> anyhow::Result<(Duration, usize)> {
+    let sink = Arc::new(EncodeOnlySink {
+        bytes: AtomicU64::new(0),
+    });
+    full_path_into(spec, msgs, dir, sink, None)
+}
+
+/// The full in-process path into `sink`, storing offsets for `group` when given.
+fn full_path_into(
+    spec: &PipelineSpec,
+    msgs: &[Message],
+    dir: &std::path::Path,
+    sink: Arc<dyn Sink>,
+    group: Option<Arc<str>>,
+) -> anyhow::Result<(Duration, usize)> {
     let stats = Arc::new(RunStats::default());
     let env = WorkerEnv {
-        sink: Arc::new(EncodeOnlySink {
-            bytes: AtomicU64::new(0),
-        }),
+        sink,
         delivered: Arc::new(DeliveredOffsets::default()),
         stats: stats.clone(),
         abort: Arc::new(AtomicBool::new(false)),
@@ -286,6 +302,7 @@ fn full_path(
         )])),
         inflight_bytes: vast_processor::config::RuntimeConfig::default().queue_bytes,
         discard: Arc::default(),
+        group,
     };
     let mut w = Worker::new(
         0,
@@ -410,6 +427,34 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
                 runs,
             )));
         }
+        // (g) into real Parquet files (fsynced), at least once against exactly once (the
+        // offsets journal), runs interleaved so both see the same machine.
+        if opts.wants('g') {
+            let (mut alo, mut eo) = (Vec::new(), Vec::new());
+            for run in 0..opts.runs {
+                for once in [false, true] {
+                    let data = dir.join(format!("g-{topic}-{run}-{once}"));
+                    let sink = Arc::new(vast_processor::sink::parquet::ParquetSink::open(&data));
+                    let group = once.then(|| Arc::<str>::from("bench"));
+                    let (d, rows) = full_path_into(&s, &msgs, &dir, sink, group)?;
+                    let _ = std::fs::remove_dir_all(&data);
+                    let runs = if once { &mut eo } else { &mut alo };
+                    runs.push((d, msgs.len(), rows, bytes));
+                }
+            }
+            let a = report(summarize(topic, "g. parquet, at least once".into(), alo));
+            let e = report(summarize(topic, "g. parquet, exactly once".into(), eo));
+            println!(
+                "{:<14} g. exactly once / at least once: {:.3}",
+                topic,
+                e.msgs_per_s / a.msgs_per_s.max(1e-9)
+            );
+            out.push(a);
+            out.push(e);
+        }
+    }
+    if opts.wants('h') {
+        recovery_of_many_files(10_000)?;
     }
     if let Some(addr) = opts.bootstrap.as_ref().filter(|_| opts.wants('e')) {
         out.push(report(end_to_end(addr, engine, opts)?));
@@ -427,6 +472,69 @@ pub fn run(opts: &BenchOptions, engine: &TransformEngine) -> anyhow::Result<Vec<
         peak_rss_mib()
     );
     Ok(out)
+}
+
+/// (h) The Parquet sink's start-up with `files` files already in its directory (a few
+/// flushes interrupted before and after their commit point among them): the recovery, then
+/// the stored offsets of 64 partitions as an assignment asks for them.
+fn recovery_of_many_files(files: usize) -> anyhow::Result<()> {
+    use vast_processor::sink::Landing;
+    use vast_processor::sink::parquet::ParquetSink;
+    let data = tempfile_dir()?.join("h-recovery");
+    let _ = std::fs::remove_dir_all(&data);
+    let day = data.join("events").join("date=2026-01-01");
+    std::fs::create_dir_all(&day)?;
+    for i in 0..files {
+        std::fs::write(day.join(format!("{i:020}-1-{i:06}.parquet")), b"PAR1")?;
+    }
+    // Interrupted flushes of a writer that is gone (pid 0 is never a user process): stray
+    // temp files, and (below) committed intents that were not applied.
+    for i in 0..10 {
+        std::fs::write(day.join(format!(".{i}-0-{i:06}.parquet.tmp")), b"PAR1")?;
+    }
+    let journal = vast_processor::sink::parquet::journal::Journal::new(&data);
+    for i in 0..10 {
+        let tmp = format!("events/date=2026-01-01/.{i}-0-{:06}.parquet.tmp", 100 + i);
+        std::fs::write(data.join(&tmp), b"PAR1")?;
+        journal.begin(&vast_processor::sink::parquet::journal::Intent {
+            group: "bench".into(),
+            topic: "raw-logs".into(),
+            pid: 0,
+            files: vec![(
+                tmp,
+                format!("events/date=2026-01-01/{i}-0-{:06}.parquet", 100 + i),
+            )],
+            offsets: vec![(i, 200)],
+        })?;
+    }
+    let writer = ParquetSink::new(&data);
+    let batches: Vec<(Table, RecordBatch)> = Vec::new();
+    for p in 0..64 {
+        let landing = Landing {
+            group: "bench".into(),
+            topic: "raw-logs".into(),
+            partitions: vec![(p, 0, 100)],
+        };
+        writer.write(&batches, Some(&landing))?;
+    }
+    let t = Instant::now();
+    let sink = ParquetSink::open(&data);
+    let recovered = t.elapsed();
+    let asked: Vec<(String, i32)> = (0..64).map(|p| ("raw-logs".to_string(), p)).collect();
+    let t = Instant::now();
+    let landed = sink.landed("bench", &asked)?;
+    let read = t.elapsed();
+    let left = std::fs::read_dir(&day)?.count();
+    println!(
+        "{:<14} h. parquet start-up, {files} files: recovery {:.1} ms, stored offsets of {} partitions {:.1} ms ({} files left)",
+        "raw-logs",
+        recovered.as_secs_f64() * 1e3,
+        landed.len(),
+        read.as_secs_f64() * 1e3,
+        left
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

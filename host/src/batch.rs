@@ -77,6 +77,37 @@ pub fn lineage_fields() -> Vec<Field> {
     ]
 }
 
+/// Drop the rows whose partition has a stored next offset above their own (they landed
+/// already, written by an earlier owner of the partition). `None` when the batches carry no
+/// lineage columns to tell.
+pub fn drop_landed(
+    batches: &[(Table, RecordBatch)],
+    stored: &std::collections::HashMap<i32, i64>,
+) -> Option<Vec<(Table, RecordBatch)>> {
+    let mut out = Vec::with_capacity(batches.len());
+    for (table, b) in batches {
+        let partitions = b
+            .column_by_name("source_partition")?
+            .as_any()
+            .downcast_ref::<PrimitiveArray<Int32Type>>()?;
+        let offsets = b
+            .column_by_name("source_offset")?
+            .as_any()
+            .downcast_ref::<PrimitiveArray<Int64Type>>()?;
+        let keep: arrow_array::BooleanArray = partitions
+            .values()
+            .iter()
+            .zip(offsets.values().iter())
+            .map(|(p, o)| Some(stored.get(p).is_none_or(|next| o >= next)))
+            .collect();
+        let kept = arrow_select::filter::filter_record_batch(b, &keep).ok()?;
+        if kept.num_rows() > 0 {
+            out.push((*table, kept));
+        }
+    }
+    Some(out)
+}
+
 /// Where a row came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Lineage<'a> {

@@ -6,7 +6,7 @@ use vast_processor::config::ReloadConfig;
 use vast_processor::model::Message;
 use vast_processor::transform::reload::LiveTransform;
 use vast_processor::transform::wasm::{
-    InstanceSettings, TransformEngine, TransformInstance, TransformModule,
+    InstanceSettings, MessageResult, TransformEngine, TransformInstance, TransformModule,
 };
 
 fn msgs(from: i64, n: i64) -> Vec<Message> {
@@ -82,7 +82,25 @@ fn a_version_failing_after_the_swap_is_rolled_back_and_kept_out() {
         let batch = msgs(offset, 10);
         offset += 10;
         let results = inst.process(&batch, 0);
-        live.observe(v.generation, &batch, &results);
+        let before = live.previous().unwrap().label().to_string();
+        // What it failed (odd offsets) the replaced version handled: those records land as
+        // the replaced version wrote them, under its label.
+        let fallback = live
+            .observe(v.generation, &batch, &results)
+            .expect("the failed records fall back");
+        assert_eq!(&*fallback.label, before.as_str());
+        for (i, m) in batch.iter().enumerate() {
+            let back = fallback.get(i).map(|(r, _)| r);
+            if m.offset % 2 == 1 {
+                assert!(
+                    matches!(back, Some(MessageResult::Rows(span)) if span.len() == 1),
+                    "offset {}: {back:?}",
+                    m.offset
+                );
+            } else {
+                assert!(back.is_none(), "offset {} passed: {back:?}", m.offset);
+            }
+        }
     }
     assert_eq!(
         live.current().module.version(),

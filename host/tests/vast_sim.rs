@@ -136,7 +136,7 @@ fn bootstrap_creates_schema_and_sorted_tables_and_rows_appear_only_at_commit() {
     assert_eq!(sim.open_transactions(), 0);
 
     // The sink: one transaction per flush.
-    sink.write(&events(&["c"])).unwrap();
+    sink.write(&events(&["c"]), None).unwrap();
     assert_eq!(ids(&sim, "events"), ["a", "b", "c"]);
 }
 
@@ -201,7 +201,7 @@ fn slowdown_is_retried_in_place() {
         count: Some(2),
         until: None,
     });
-    sink.write(&events(&["x"])).unwrap();
+    sink.write(&events(&["x"]), None).unwrap();
     assert_eq!(ids(&sim, "events"), ["x"]);
     let inserts = sim
         .log()
@@ -222,13 +222,13 @@ fn a_dropped_connection_after_the_insert_applied_is_not_committed_twice() {
         count: Some(1),
         until: None,
     });
-    let err = sink.write(&events(&["p", "q"])).unwrap_err();
+    let err = sink.write(&events(&["p", "q"]), None).unwrap_err();
     assert!(err.is_retriable(), "{err}");
     // The half-done transaction was rolled back: nothing visible, nothing left open.
     assert!(ids(&sim, "events").is_empty());
     assert_eq!(sim.open_transactions(), 0);
     // The retry (what the worker does) lands the rows exactly once.
-    sink.write(&events(&["p", "q"])).unwrap();
+    sink.write(&events(&["p", "q"]), None).unwrap();
     assert_eq!(ids(&sim, "events"), ["p", "q"]);
     // A drop before the request applies behaves the same.
     sim.add_fault(Fault {
@@ -238,8 +238,12 @@ fn a_dropped_connection_after_the_insert_applied_is_not_committed_twice() {
         count: Some(1),
         until: None,
     });
-    assert!(sink.write(&events(&["r"])).unwrap_err().is_retriable());
-    sink.write(&events(&["r"])).unwrap();
+    assert!(
+        sink.write(&events(&["r"]), None)
+            .unwrap_err()
+            .is_retriable()
+    );
+    sink.write(&events(&["r"]), None).unwrap();
     assert_eq!(ids(&sim, "events"), ["p", "q", "r"]);
 }
 
@@ -268,7 +272,7 @@ fn a_table_missing_columns_gets_them_and_inserts_succeed() {
             "transform_version"
         ]
     );
-    sink.write(&events(&["z"])).unwrap();
+    sink.write(&events(&["z"]), None).unwrap();
     let (schema, _) = sim.table("vastdb", "observability", "events").unwrap();
     assert!(schema.field_with_name("transform_version").is_ok());
     assert_eq!(ids(&sim, "events"), ["z"]);
@@ -290,7 +294,7 @@ fn a_column_of_another_type_is_a_fatal_schema_mismatch() {
         arrow_schema::Schema::new(fields),
     );
     let sink = connect(&sim);
-    let err = sink.write(&events(&["z"])).unwrap_err();
+    let err = sink.write(&events(&["z"]), None).unwrap_err();
     assert!(
         !err.is_retriable() && err.to_string().contains("column `message`"),
         "{err}"
@@ -375,7 +379,7 @@ fn https_with_a_custom_ca_file() {
     let sink =
         VastSink::connect(&with_ca(Some("ca.pem")), "vastdb", "observability", true).unwrap();
     sink.bootstrap().unwrap();
-    sink.write(&events(&["tls-1", "tls-2"])).unwrap();
+    sink.write(&events(&["tls-1", "tls-2"]), None).unwrap();
     assert_eq!(ids(&sim, "events"), ["tls-1", "tls-2"]);
 
     // Not trusted: the system roots do not know this CA, nor does another CA.
@@ -453,7 +457,7 @@ fn a_failed_commit_is_rolled_back() {
         count: Some(1),
         until: None,
     });
-    let err = sink.write(&events(&["a"])).unwrap_err();
+    let err = sink.write(&events(&["a"]), None).unwrap_err();
     assert!(err.is_retriable(), "{err}");
     assert_eq!(sim.open_transactions(), 0, "{:#?}", sim.log());
     assert!(
@@ -461,6 +465,6 @@ fn a_failed_commit_is_rolled_back() {
         "{:#?}",
         sim.log()
     );
-    sink.write(&events(&["a"])).unwrap();
+    sink.write(&events(&["a"]), None).unwrap();
     assert_eq!(ids(&sim, "events"), ["a"]);
 }

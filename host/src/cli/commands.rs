@@ -404,6 +404,35 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
+/// Exactly once: the offsets stored with the rows per partition, next to Kafka's committed
+/// offsets (informational: a broker that cannot be reached does not fail the check).
+fn print_stored_offsets(config: &Config, sink: &ParquetSink) {
+    let group = &config.kafka.group_id;
+    let stored = match sink.stored_offsets(group) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("delivery: exactly once (group {group}): ERROR reading stored offsets: {e}");
+            return;
+        }
+    };
+    if stored.is_empty() {
+        println!("delivery: exactly once (group {group}): no offsets stored with the rows yet");
+        return;
+    }
+    println!("delivery: exactly once (group {group}): offsets stored with the rows");
+    let tps: Vec<(String, i32)> = stored.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    let kafka = kafka::committed_offsets(config, &tps, std::time::Duration::from_secs(5));
+    for (t, p, next) in &stored {
+        let k = match &kafka {
+            Ok(c) => c
+                .get(&(t.clone(), *p))
+                .map_or("none".to_string(), |o| o.to_string()),
+            Err(e) => format!("unavailable ({e})"),
+        };
+        println!("  {t}/{p}: stored next {next}, Kafka committed {k}");
+    }
+}
+
 /// `vast-processor check`: validate the config, load every transform, and report the sink.
 pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
@@ -436,12 +465,18 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
     match &config.sink {
         SinkConfig::Parquet(p) => {
             let dir = config.base_dir.join(&p.data_dir);
-            match ParquetSink::new(&dir).check() {
+            let sink = ParquetSink::new(&dir);
+            match sink.check() {
                 Ok(()) => println!("sink parquet: {} is writable", dir.display()),
                 Err(e) => {
                     ok = false;
                     println!("sink parquet: ERROR {e}");
                 }
+            }
+            if config.runtime.delivery == crate::config::Delivery::ExactlyOnce {
+                print_stored_offsets(&config, &sink);
+            } else {
+                println!("delivery: at least once (runtime.delivery)");
             }
         }
         SinkConfig::Vast(v) => {

@@ -86,6 +86,19 @@ pub struct RuntimeConfig {
     /// Where deployment records live (accepted, rejected and rolled-back transform versions);
     /// relative to the config file. Default: `.state` under the data directory.
     pub state_dir: Option<PathBuf>,
+    /// `exactly-once` (default): the sink stores each partition's next offset with its rows
+    /// and an assigned partition starts after what landed; `at-least-once`: Kafka's
+    /// committed offsets alone, so a crash can write the uncommitted tail twice.
+    pub delivery: Delivery,
+}
+
+/// `runtime.delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    #[default]
+    ExactlyOnce,
+    AtLeastOnce,
 }
 
 impl Default for RuntimeConfig {
@@ -98,6 +111,7 @@ impl Default for RuntimeConfig {
             commit_interval_ms: 1000,
             lineage: true,
             state_dir: None,
+            delivery: Delivery::ExactlyOnce,
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct RuntimeOptions {
     pub lineage: bool,
     /// The bound of a flush request and of the graceful stop.
     pub shutdown_timeout: Duration,
+    /// With exactly-once delivery, the consumer group whose offsets the sink stores.
+    pub group: Option<Arc<str>>,
 }
 
 impl RuntimeOptions {
@@ -73,6 +75,7 @@ impl RuntimeOptions {
             queue_bytes: c.queue_bytes,
             lineage: c.lineage,
             shutdown_timeout: Duration::from_secs(c.shutdown_timeout_s),
+            group: None,
         }
     }
 }
@@ -176,6 +179,7 @@ impl Runtime {
                 metrics: metrics.clone(),
                 inflight_bytes: opts.queue_bytes,
                 discard: discard.clone(),
+                group: opts.group.clone(),
             };
             let worker = Worker::new(id, specs.clone(), env, dead_letters());
             let queued_msgs = worker.queued_msgs.clone();

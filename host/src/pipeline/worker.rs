@@ -6,7 +6,7 @@ use super::{DeliveredOffsets, PipelineSpec, RunStats};
 use crate::batch::{Lineage, TableBatcher};
 use crate::model::{Message, RowRef, Table};
 use crate::sink::deadletter::{DeadLetter, DeadLetterError, DeadLetterWriter};
-use crate::sink::{RetryHint, Sink, SinkError};
+use crate::sink::{Landing, RetryHint, Sink, SinkError};
 use crate::transform::wasm::{MessageResult, TransformError, TransformInstance, TransformModule};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
@@ -78,8 +78,8 @@ struct PipelineState {
     letters: Vec<DeadLetter>,
     /// What `letters` hold (their payloads and errors, roughly).
     letter_bytes: usize,
-    /// Highest processed (not yet delivered) offset per partition.
-    processed: HashMap<i32, i64>,
+    /// First and last processed (not yet delivered) offset per partition.
+    processed: HashMap<i32, (i64, i64)>,
 }
 
 impl PipelineState {
@@ -110,6 +110,9 @@ pub struct WorkerEnv {
     /// The runtime's discard epoch: while it is ahead of the worker's, the worker drops
     /// records and pending writes up to the matching [`WorkItem::Discard`].
     pub discard: Arc<AtomicU64>,
+    /// With exactly-once delivery, the consumer group whose offsets the sink stores with
+    /// the rows.
+    pub group: Option<Arc<str>>,
 }
 
 /// Processes the partitions routed to it; see the module docs.
@@ -133,6 +136,7 @@ pub struct Worker {
     discard: Arc<AtomicU64>,
     /// The discard epoch this worker has reached.
     epoch: u64,
+    group: Option<Arc<str>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -156,6 +160,7 @@ impl Worker {
             metrics,
             inflight_bytes,
             discard,
+            group,
         } = env;
         let states = specs
             .iter()
@@ -183,6 +188,7 @@ impl Worker {
             inflight_bytes,
             discard,
             epoch: 0,
+            group,
             metrics,
         }
     }
@@ -307,10 +313,18 @@ impl Worker {
         let lineage_label = instance.lineage().clone();
         let version = &*lineage_label;
         let generation = state.generation;
-        spec.live.observe(generation, msgs, processed.results());
+        let fallback = spec.live.observe(generation, msgs, processed.results());
         spec.live.remember(msgs);
+        if let Some(f) = &fallback {
+            tracing::debug!(pipeline = %spec.name, version, records = f.len(), restored_by = %f.label, "records the version on probation failed land as the replaced version wrote them");
+        }
         let (mut events, mut metrics, mut skipped, mut dead) = (0u64, 0u64, 0u64, 0u64);
-        for (m, r) in msgs.iter().zip(processed.results()) {
+        for (i, (m, r)) in msgs.iter().zip(processed.results()).enumerate() {
+            // A record the version on probation failed and the replaced one handled.
+            let (r, rows_of, version) = match fallback.as_ref().and_then(|f| f.get(i)) {
+                Some((r, from)) => (r, from, &*fallback.as_ref().expect("matched").label),
+                None => (r, &processed, version),
+            };
             match r {
                 MessageResult::Rows(span) => {
                     let lineage = Lineage {
@@ -319,7 +333,7 @@ impl Worker {
                         offset: m.offset,
                         version,
                     };
-                    for (index, row) in processed.rows(*span).enumerate() {
+                    for (index, row) in rows_of.rows(*span).enumerate() {
                         state.batcher.push_ref(&row, index, &lineage, now);
                         match row {
                             RowRef::Event(_) => events += 1,
@@ -354,7 +368,11 @@ impl Worker {
                         .push(dead_letter(spec, &module, version, m, error, class));
                 }
             }
-            state.processed.insert(m.partition, m.offset);
+            state
+                .processed
+                .entry(m.partition)
+                .and_modify(|(_, last)| *last = m.offset)
+                .or_insert((m.offset, m.offset));
         }
         let total = self
             .stats
@@ -437,30 +455,8 @@ impl Worker {
         let batches = state.batcher.finish();
         let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         let started = Instant::now();
-        if !batches.is_empty() {
-            let sink = self.sink.clone();
-            let (abort, discard, epoch) = (&self.abort, &self.discard, self.epoch);
-            let give_up =
-                || abort.load(Ordering::Relaxed) || discard.load(Ordering::Relaxed) > epoch;
-            let written = retry(
-                &give_up,
-                &self.stats,
-                pm,
-                &self.metrics.sink_error,
-                "the sink",
-                || sink.write(&batches),
-                |e: &SinkError| e.is_retriable(),
-            );
-            if matches!(written, Err(None)) && self.discard.load(Ordering::Relaxed) > self.epoch {
-                state.drop_pending();
-                return Ok(());
-            }
-            written.map_err(|e| e.map_or(WorkerError::Aborted("the sink"), WorkerError::Sink))?;
-            pm.sink_write_seconds
-                .observe(started.elapsed().as_secs_f64());
-            pm.batch_rows.observe(rows as f64);
-            pm.batch_bytes.observe(bytes as f64);
-        }
+        // Dead letters first: with exactly-once delivery the sink's write stores the
+        // flush's offsets, after which a restart does not read these records again.
         if !state.letters.is_empty() {
             let letters = std::mem::take(&mut state.letters);
             state.letter_bytes = 0;
@@ -488,13 +484,47 @@ impl Worker {
                 )
             })?;
         }
+        if !batches.is_empty() {
+            let sink_started = Instant::now();
+            let landing = self.group.as_ref().map(|g| Landing {
+                group: g.to_string(),
+                topic: spec.topic.clone(),
+                partitions: state
+                    .processed
+                    .iter()
+                    .map(|(&p, &(first, last))| (p, first, last + 1))
+                    .collect(),
+            });
+            let sink = self.sink.clone();
+            let (abort, discard, epoch) = (&self.abort, &self.discard, self.epoch);
+            let give_up =
+                || abort.load(Ordering::Relaxed) || discard.load(Ordering::Relaxed) > epoch;
+            let written = retry(
+                &give_up,
+                &self.stats,
+                pm,
+                &self.metrics.sink_error,
+                "the sink",
+                || sink.write(&batches, landing.as_ref()),
+                |e: &SinkError| e.is_retriable(),
+            );
+            if matches!(written, Err(None)) && self.discard.load(Ordering::Relaxed) > self.epoch {
+                state.drop_pending();
+                return Ok(());
+            }
+            written.map_err(|e| e.map_or(WorkerError::Aborted("the sink"), WorkerError::Sink))?;
+            pm.sink_write_seconds
+                .observe(sink_started.elapsed().as_secs_f64());
+            pm.batch_rows.observe(rows as f64);
+            pm.batch_bytes.observe(bytes as f64);
+        }
         // Counted once everything of the flush is durable, the flush before the rows, so a
         // scrape that sees the rows also sees the flush.
         pm.flush(reason.as_str());
         for (table, b) in &batches {
             pm.rows_out[*table as usize].fetch_add(b.num_rows() as u64, Ordering::Relaxed);
         }
-        for (partition, offset) in state.processed.drain() {
+        for (partition, (_, offset)) in state.processed.drain() {
             self.delivered.advance(&spec.topic, partition, offset + 1);
         }
         RunStats::add(&self.stats.flushes, 1);
@@ -701,7 +731,11 @@ mod tests {
     struct Counting(AtomicU64);
 
     impl Sink for Counting {
-        fn write(&self, batches: &[(Table, arrow_array::RecordBatch)]) -> Result<(), SinkError> {
+        fn write(
+            &self,
+            batches: &[(Table, arrow_array::RecordBatch)],
+            _: Option<&Landing>,
+        ) -> Result<(), SinkError> {
             let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
             self.0.fetch_add(rows as u64, Ordering::Relaxed);
             Ok(())
@@ -766,6 +800,7 @@ mod tests {
             metrics: metrics.clone(),
             inflight_bytes: crate::config::RuntimeConfig::default().queue_bytes,
             discard: Arc::default(),
+            group: None,
         };
         let mut w = Worker::new(
             0,

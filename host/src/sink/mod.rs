@@ -10,6 +10,7 @@ pub mod vast;
 use crate::config::SinkConfig;
 use crate::model::Table;
 use arrow_array::RecordBatch;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -88,13 +89,88 @@ impl SinkError {
     }
 }
 
+/// Where the records of one flush came from: per partition of one topic, the offsets it
+/// covers, `first..next`. With exactly-once delivery a sink stores `next` with the rows,
+/// atomically, and [`Sink::landed`] reads it back when a partition is assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landing {
+    /// The consumer group the offsets belong to.
+    pub group: String,
+    pub topic: String,
+    /// `(partition, first, next)`.
+    pub partitions: Vec<(i32, i64, i64)>,
+}
+
+/// How a flush's offsets compare with what the sink already holds for its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlap {
+    /// Nothing of it landed: write it all.
+    None,
+    /// All of it landed already (written by an earlier owner that lost its session): write
+    /// nothing, the offsets are where they should be.
+    All,
+    /// Part landed: drop each partition's rows below its stored next offset.
+    Some(HashMap<i32, i64>),
+}
+
+impl Landing {
+    /// Compare with the stored next offsets of its partitions (absent: nothing stored).
+    pub fn overlap(&self, stored: &HashMap<i32, i64>) -> Overlap {
+        let mut partial = HashMap::new();
+        let mut all = true;
+        for &(p, first, next) in &self.partitions {
+            let s = stored.get(&p).copied().unwrap_or(i64::MIN);
+            if s < next {
+                all = false;
+            }
+            if s > first {
+                partial.insert(p, s);
+            }
+        }
+        if all {
+            Overlap::All
+        } else if partial.is_empty() {
+            Overlap::None
+        } else {
+            Overlap::Some(partial)
+        }
+    }
+
+    /// The stored next offset of each partition after this flush lands.
+    pub fn after(&self, stored: &HashMap<i32, i64>) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .map(|&(p, _, next)| (p, stored.get(&p).copied().unwrap_or(next).max(next)))
+            .collect()
+    }
+}
+
 /// A destination for flushed rows. One call carries every table of one flush; it returns
 /// only when the rows are durable.
 pub trait Sink: Send + Sync {
-    /// Write the batches of one flush.
-    fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError>;
+    /// Write the batches of one flush. With `landing` (exactly-once delivery), the sink
+    /// stores the flush's next offsets in the same atomic step as the rows, and writes no
+    /// row whose offset it already holds.
+    fn write(
+        &self,
+        batches: &[(Table, RecordBatch)],
+        landing: Option<&Landing>,
+    ) -> Result<(), SinkError>;
     /// A short name for logs.
     fn name(&self) -> &'static str;
+    /// Whether the sink stores offsets with its rows (exactly-once delivery is possible).
+    fn stores_offsets(&self) -> bool {
+        false
+    }
+    /// The next offset stored with the rows of each of `partitions` of `group` (absent:
+    /// none stored). Called when partitions are assigned, before they are read.
+    fn landed(
+        &self,
+        _group: &str,
+        _partitions: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), i64>, SinkError> {
+        Ok(HashMap::new())
+    }
     /// Is the sink reachable and writable right now? (for `/readyz`; must be cheap)
     fn check(&self) -> Result<(), SinkError> {
         Ok(())
@@ -112,7 +188,7 @@ pub fn build(
     lineage: bool,
 ) -> Result<Arc<dyn Sink>, vast::BuildError> {
     match config {
-        SinkConfig::Parquet(_) => Ok(Arc::new(parquet::ParquetSink::new(data_dir))),
+        SinkConfig::Parquet(_) => Ok(Arc::new(parquet::ParquetSink::open(data_dir))),
         SinkConfig::Vast(v) => Ok(Arc::new(vast::VastSink::build(v, base_dir, lineage)?)),
     }
 }

@@ -14,10 +14,13 @@ use crate::sink::Sink;
 use crate::sink::deadletter::DeadLetterWriter;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +82,8 @@ struct Shared {
     routes: Mutex<HashMap<Tp, usize>>,
     committed: Mutex<HashMap<Tp, i64>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// With exactly-once delivery: the sink that stores offsets with the rows, and the group.
+    landed_in: Option<(Arc<dyn Sink>, String)>,
 }
 
 impl Shared {
@@ -248,7 +253,111 @@ fn tps(tpl: &TopicPartitionList) -> HashSet<Tp> {
         .collect()
 }
 
+impl Ctx {
+    /// Exactly once: start each assigned partition at the larger of Kafka's committed offset
+    /// and the next offset the sink stored with its rows (rows that landed after the last
+    /// Kafka commit are not read again). Sets the offsets of `tpl` before it is assigned.
+    fn start_past_landed(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let Some((sink, group)) = &self.shared.landed_in else {
+            return;
+        };
+        let asked: Vec<Tp> = tps(tpl).into_iter().collect();
+        if asked.is_empty() {
+            return;
+        }
+        let mut landed = None;
+        for attempt in 0..3u32 {
+            match sink.landed(group, &asked) {
+                Ok(l) => {
+                    landed = Some(l);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "cannot read the offsets stored with the rows; retrying");
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+            }
+        }
+        let Some(landed) = landed else {
+            // Kafka's committed offsets then; the sink still leaves out what it holds.
+            tracing::error!(
+                partitions = asked.len(),
+                "cannot read the offsets stored with the rows; starting at Kafka's committed offsets"
+            );
+            return;
+        };
+        if landed.is_empty() {
+            return;
+        }
+        let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(e) => {
+                // Without Kafka's positions the stored ones are the best start: a later
+                // flush's rows never re-land (the sink leaves out what it holds).
+                tracing::warn!(error = %e, "cannot read committed offsets; starting at the offsets stored with the rows");
+                TopicPartitionList::new()
+            }
+        };
+        let mut ahead = TopicPartitionList::new();
+        for (tp, next) in landed {
+            let kafka = committed
+                .find_partition(&tp.0, tp.1)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            if kafka.is_none_or(|k| next > k) {
+                if let Err(e) = tpl.set_partition_offset(&tp.0, tp.1, Offset::Offset(next)) {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot set the start offset");
+                    continue;
+                }
+                let _ = ahead.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
+                tracing::info!(topic = %tp.0, partition = tp.1, offset = next, kafka_committed = ?kafka, "starting after the rows already landed in the sink");
+            }
+        }
+        // Kafka's committed offsets catch up (lag and tools stay true).
+        if ahead.count() > 0
+            && let Err(e) = consumer.commit(&ahead, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "commit of the landed offsets failed; the next commit moves them");
+        }
+    }
+}
+
 impl ConsumerContext for Ctx {
+    /// The default rebalance (rdkafka's), with the start offsets of an assignment set first.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if assign {
+            self.start_past_landed(consumer, tpl);
+        }
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            _ => Rebalance::Error(rdkafka::error::KafkaError::Rebalance(err.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match (assign, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(e) = done {
+            tracing::error!(error = %e, assign, "cannot apply the rebalance");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let s = &self.shared;
         match rebalance {
@@ -343,6 +452,29 @@ fn to_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
     }
 }
 
+/// The group's committed offsets of `partitions` (for `check`): a partition without a commit
+/// is absent.
+pub fn committed_offsets(
+    config: &Config,
+    partitions: &[(String, i32)],
+    timeout: Duration,
+) -> Result<HashMap<(String, i32), i64>, rdkafka::error::KafkaError> {
+    let consumer: BaseConsumer = consumer_config(config).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition(t, *p);
+    }
+    let got = consumer.committed_offsets(tpl, timeout)?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The consumer configuration: the file's properties, then the settings at-least-once needs.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -389,9 +521,30 @@ pub fn run(
         .enumerate()
         .map(|(i, s)| (s.topic.clone(), i))
         .collect();
+    // Exactly once needs a sink that stores offsets with its rows.
+    let exactly_once = config.runtime.delivery == crate::config::Delivery::ExactlyOnce;
+    let group: Option<Arc<str>> =
+        (exactly_once && sink.stores_offsets()).then(|| config.kafka.group_id.as_str().into());
+    match (&group, exactly_once) {
+        (Some(_), _) => tracing::info!(
+            sink = sink.name(),
+            "delivery: exactly once (offsets stored with the rows)"
+        ),
+        (None, true) => tracing::info!(
+            sink = sink.name(),
+            "delivery: at least once (this sink does not store offsets with its rows yet)"
+        ),
+        (None, false) => tracing::info!(
+            sink = sink.name(),
+            "delivery: at least once (runtime.delivery)"
+        ),
+    }
+    let sink_for_offsets = sink.clone();
+    let mut runtime_opts = RuntimeOptions::from_config(&config.runtime);
+    runtime_opts.group = group.clone();
     let (runtime, threads) = Runtime::start(
         specs.clone(),
-        &RuntimeOptions::from_config(&config.runtime),
+        &runtime_opts,
         sink,
         stats.clone(),
         opts.metrics.clone(),
@@ -405,6 +558,7 @@ pub fn run(
         routes: Mutex::new(HashMap::new()),
         committed: Mutex::new(HashMap::new()),
         metrics: opts.metrics.clone(),
+        landed_in: group.map(|g| (sink_for_offsets, g.to_string())),
     });
     let consumer: BaseConsumer<Ctx> = consumer_config(config)
         .create_with_context(Ctx {

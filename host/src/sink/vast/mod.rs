@@ -9,7 +9,7 @@ pub mod client;
 pub mod sigv4;
 pub mod wire;
 
-use super::{Sink, SinkError, SinkFailure};
+use super::{Landing, Sink, SinkError, SinkFailure};
 use crate::batch::schema;
 use crate::config::VastSinkConfig;
 use crate::model::Table;
@@ -357,7 +357,13 @@ impl VastSink {
 }
 
 impl Sink for VastSink {
-    fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
+    // Offsets are not stored with the rows yet (`stores_offsets` is false): the landing is
+    // never given.
+    fn write(
+        &self,
+        batches: &[(Table, RecordBatch)],
+        _landing: Option<&Landing>,
+    ) -> Result<(), SinkError> {
         let tx = self.client.begin().map_err(classify)?;
         let result = self.write_tx(tx, batches);
         let layouts = match result {

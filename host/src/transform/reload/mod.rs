@@ -18,7 +18,8 @@ pub use watch::{
 use crate::config::ReloadConfig;
 use crate::model::Message;
 use crate::transform::wasm::{
-    InstanceSettings, MessageResult, TransformEngine, TransformInstance, TransformModule, lineage,
+    InstanceSettings, MessageResult, Processed, RowSpan, TransformEngine, TransformInstance,
+    TransformModule, lineage,
 };
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +97,35 @@ impl Probation {
 /// `reload.shadow_messages` says): 200 records of 500 KB would be 100 MB outside every
 /// bound. A message bigger than this is not sampled.
 pub const SHADOW_BYTES: usize = 8 << 20;
+
+/// What the replaced version made of the records a version on probation failed and it
+/// handled (see [`LiveTransform::observe`]).
+pub struct Fallback {
+    /// The replaced version's lineage label, for the rows it wrote.
+    pub label: Arc<str>,
+    /// Per record of the observed batch: its result's index in `processed`, if it falls back.
+    slot: Vec<Option<usize>>,
+    processed: Processed,
+}
+
+impl Fallback {
+    /// The replaced version's result for record `i` of the observed batch, if it handled it,
+    /// with the batch its row spans point into.
+    pub fn get(&self, i: usize) -> Option<(&MessageResult<RowSpan>, &Processed)> {
+        let j = (*self.slot.get(i)?)?;
+        Some((&self.processed.results()[j], &self.processed))
+    }
+
+    /// How many records fall back.
+    pub fn len(&self) -> usize {
+        self.slot.iter().flatten().count()
+    }
+
+    /// True when no record falls back.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// The live transform of one pipeline, shared by every worker.
 pub struct LiveTransform {
@@ -406,33 +436,44 @@ impl LiveTransform {
 
     /// Record a batch's results under `generation`; during a probation, roll back when the
     /// new version fails more of the records the previous version handled than
-    /// `rollback_error_rate` allows.
-    pub fn observe<R>(&self, generation: u64, msgs: &[Message], results: &[MessageResult<R>]) {
+    /// `rollback_error_rate` allows. The records the new version failed and the previous one
+    /// handled come back as a [`Fallback`]: they land as the previous version wrote them, so a
+    /// candidate on probation costs no record (only bad input, failed by both, is
+    /// dead-lettered).
+    pub fn observe<R>(
+        &self,
+        generation: u64,
+        msgs: &[Message],
+        results: &[MessageResult<R>],
+    ) -> Option<Fallback> {
         if generation != self.generation() {
-            return;
+            return None;
         }
         let failed =
             |r: &MessageResult<R>| matches!(r, MessageResult::Fail(_) | MessageResult::Error(_));
-        let verdict = {
+        let (verdict, fallback) = {
             let mut p = self.probation.lock().unwrap_or_else(|e| e.into_inner());
             if !p.active {
-                return;
+                return None;
             }
             let trapped =
                 |r: &MessageResult<R>| matches!(r, MessageResult::Error(e) if e.is_trap());
-            let (failing, traps): (Vec<Message>, Vec<bool>) = msgs
+            let (positions, traps): (Vec<usize>, Vec<bool>) = results
                 .iter()
-                .zip(results)
+                .enumerate()
                 .filter(|(_, r)| failed(r))
-                .map(|(m, r)| (m.clone(), trapped(r)))
+                .map(|(i, r)| (i, trapped(r)))
                 .unzip();
             let (mut new, mut new_traps) = (
-                failing.len() as u64,
+                positions.len() as u64,
                 traps.iter().filter(|t| **t).count() as u64,
             );
-            if let (false, Some(prev)) = (failing.is_empty(), p.previous.as_mut()) {
-                let before = prev.process(&failing, crate::model::now_micros());
+            let mut fallback = None;
+            if let (false, Some(prev)) = (positions.is_empty(), p.previous.as_mut()) {
+                let failing: Vec<Message> = positions.iter().map(|&i| msgs[i].clone()).collect();
+                let before = prev.process_batch(&failing, crate::model::now_micros());
                 let handled: Vec<bool> = before
+                    .results()
                     .iter()
                     .map(|r| matches!(r, MessageResult::Rows(_) | MessageResult::Skip(_)))
                     .collect();
@@ -442,12 +483,25 @@ impl LiveTransform {
                     .zip(&traps)
                     .filter(|(h, t)| **h && **t)
                     .count() as u64;
+                if new > 0 {
+                    let mut slot = vec![None; msgs.len()];
+                    for (j, &i) in positions.iter().enumerate() {
+                        if handled[j] {
+                            slot[i] = Some(j);
+                        }
+                    }
+                    fallback = Some(Fallback {
+                        label: prev.lineage().clone(),
+                        slot,
+                        processed: before,
+                    });
+                }
             }
             p.batches += 1;
             p.messages += msgs.len() as u64;
             p.new_failures += new;
             p.new_traps += new_traps;
-            p.both_failed += failing.len() as u64 - new;
+            p.both_failed += positions.len() as u64 - new;
             let over = p.over(&self.config);
             let roll = should_roll_back(
                 p.messages,
@@ -455,7 +509,7 @@ impl LiveTransform {
                 over,
                 self.config.rollback_error_rate,
             ) || p.new_traps > self.config.rollback_max_new_traps;
-            if roll {
+            let verdict = if roll {
                 Some((p.messages, p.new_failures, p.new_traps, p.both_failed))
             } else {
                 if over {
@@ -463,11 +517,13 @@ impl LiveTransform {
                     *p = Probation::default();
                 }
                 None
-            }
+            };
+            (verdict, fallback)
         };
         if let Some(counts) = verdict {
             self.roll_back(counts);
         }
+        fallback
     }
 
     /// Whether a new version is still being watched after its swap.

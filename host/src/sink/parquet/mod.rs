@@ -1,14 +1,20 @@
 //! The embedded default sink: Parquet files under `DIR/<table>/date=YYYY-MM-DD/<unique>.parquet`,
 //! zstd-compressed, written to a hidden temp file, fsynced, then renamed, so a reader never
-//! sees a partial file.
+//! sees a partial file. With exactly-once delivery a flush's files and its offsets land
+//! together through the [`journal`]; each file also names the offset ranges it holds in its
+//! key-value metadata (`vast_processor.offsets`).
 
-use super::{Sink, SinkError, SinkFailure};
+pub mod journal;
+
+use super::{Landing, Overlap, Sink, SinkError, SinkFailure};
 use crate::model::Table;
 use arrow_array::RecordBatch;
+use journal::{Intent, Journal};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,15 +46,59 @@ pub struct ParquetSink {
     dir: PathBuf,
     seq: AtomicU64,
     props: WriterProperties,
+    journal: Journal,
 }
 
+/// The key of the offset ranges in each file's key-value metadata.
+pub const OFFSETS_KEY: &str = "vast_processor.offsets";
+
+/// Data directories this process has recovered (once each: a second sink on the same
+/// directory must not take this process's own temp files for a dead writer's).
+static RECOVERED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 impl ParquetSink {
-    /// A sink writing under `dir` (created when missing).
+    /// A sink writing under `dir` (created when missing), touching nothing there yet.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
         ParquetSink {
-            dir: dir.into(),
+            journal: Journal::new(&dir),
+            dir,
             seq: AtomicU64::new(0),
             props: writer_properties(),
+        }
+    }
+
+    /// The sink a run writes with: the first of a directory in a process finishes or
+    /// removes what a writer that died left there (see [`journal`]).
+    pub fn open(dir: impl Into<PathBuf>) -> Self {
+        let sink = ParquetSink::new(dir);
+        sink.recover_once();
+        sink
+    }
+
+    /// The offsets stored for `group`: `(topic, partition, next)`, sorted.
+    pub fn stored_offsets(&self, group: &str) -> Result<Vec<(String, i32, i64)>, SinkFailure> {
+        self.journal.list(group)
+    }
+
+    fn recover_once(&self) {
+        let key = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let mut done = RECOVERED.lock().unwrap_or_else(|p| p.into_inner());
+        if done.contains(&key) {
+            return;
+        }
+        let tables: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        match self.journal.recover(&tables) {
+            Ok(r) => {
+                if r.rolled_forward + r.temps_removed > 0 {
+                    tracing::info!(dir = %self.dir.display(), flushes_completed = r.rolled_forward, temp_files_removed = r.temps_removed, "parquet: finished what an earlier process left");
+                }
+                done.push(key);
+            }
+            // Retried by the next sink on this directory; writes do not depend on it.
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "parquet: start-up recovery failed")
+            }
         }
     }
 
@@ -57,7 +107,14 @@ impl ParquetSink {
         &self.dir
     }
 
-    fn write_one(&self, table: Table, batch: &RecordBatch) -> Result<PathBuf, SinkFailure> {
+    /// Write `batch` to a hidden temp file (complete and fsynced), returning its temp and
+    /// final paths.
+    fn write_temp(
+        &self,
+        table: Table,
+        batch: &RecordBatch,
+        offsets: Option<&str>,
+    ) -> Result<(PathBuf, PathBuf), SinkFailure> {
         let dir = self
             .dir
             .join(table.name())
@@ -82,17 +139,117 @@ impl ParquetSink {
             let file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
             let mut w = ArrowWriter::try_new(file, batch.schema(), Some(self.props.clone()))
                 .map_err(parquet)?;
+            if let Some(o) = offsets {
+                w.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+                    OFFSETS_KEY.to_string(),
+                    o.to_string(),
+                ));
+            }
             w.write(batch).map_err(parquet)?;
             let file = w.into_inner().map_err(parquet)?;
             file.sync_all().map_err(io("cannot fsync", &tmp))?;
-            std::fs::rename(&tmp, &fin).map_err(io("cannot rename to", &fin))?;
-            sync_dir(&dir);
-            Ok(fin.clone())
+            Ok(())
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result
+        result.map(|()| (tmp, fin))
+    }
+
+    fn write_one(&self, table: Table, batch: &RecordBatch) -> Result<PathBuf, SinkFailure> {
+        let (tmp, fin) = self.write_temp(table, batch, None)?;
+        if let Err(source) = std::fs::rename(&tmp, &fin) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(SinkFailure::Io {
+                action: "cannot rename to",
+                path: fin,
+                source,
+            });
+        }
+        if let Some(d) = fin.parent() {
+            sync_dir(d);
+        }
+        Ok(fin)
+    }
+
+    /// Exactly once: what landed already is left out, the files and the offsets land
+    /// together (the intent is the commit point), and a retry after an uncertain failure
+    /// finds its own flush landed.
+    fn write_landing(
+        &self,
+        batches: &[(Table, RecordBatch)],
+        landing: &Landing,
+    ) -> Result<(), SinkFailure> {
+        let parts: HashSet<i32> = landing.partitions.iter().map(|&(p, ..)| p).collect();
+        // A flush committed but not applied (its writer died, or its apply failed) lands
+        // first, so the offsets read next are true.
+        self.journal
+            .resolve(&landing.group, &landing.topic, &parts)?;
+        let stored = self
+            .journal
+            .stored(&landing.group, &landing.topic, parts.iter().copied())?;
+        let owned;
+        let batches = match landing.overlap(&stored) {
+            Overlap::All => {
+                tracing::debug!(topic = %landing.topic, "parquet: this flush landed already; nothing written");
+                return Ok(());
+            }
+            Overlap::None => batches,
+            Overlap::Some(landed) => match crate::batch::drop_landed(batches, &landed) {
+                Some(kept) => {
+                    tracing::info!(topic = %landing.topic, partitions = ?landed, "parquet: part of this flush landed already; the rest written");
+                    owned = kept;
+                    &owned
+                }
+                None => {
+                    tracing::warn!(topic = %landing.topic, "parquet: part of this flush landed already, but its rows carry no source offsets to leave it out; written again");
+                    batches
+                }
+            },
+        };
+        let ranges = serde_json::json!({
+            "group": landing.group,
+            "topic": landing.topic,
+            "partitions": landing.partitions,
+        })
+        .to_string();
+        let mut files = Vec::new();
+        let written = batches
+            .iter()
+            .filter(|(_, b)| b.num_rows() > 0)
+            .try_for_each(|(table, b)| {
+                files.push(self.write_temp(*table, b, Some(&ranges))?);
+                Ok(())
+            });
+        let rel = |p: &Path| {
+            p.strip_prefix(&self.dir)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        };
+        let intent = Intent {
+            group: landing.group.clone(),
+            topic: landing.topic.clone(),
+            pid: std::process::id(),
+            files: files.iter().map(|(t, f)| (rel(t), rel(f))).collect(),
+            offsets: landing.after(&stored),
+        };
+        let begun = written.and_then(|()| self.journal.begin(&intent));
+        let path = match begun {
+            Ok(p) => p,
+            Err(e) => {
+                for (tmp, _) in &files {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e);
+            }
+        };
+        // Committed: a failure from here on is finished by the retry's `resolve`.
+        self.journal.apply(&path, &intent)?;
+        for (_, fin) in &files {
+            tracing::debug!(path = %fin.display(), "wrote parquet file");
+        }
+        Ok(())
     }
 }
 
@@ -134,7 +291,16 @@ pub fn sync_dir(dir: &Path) {
 }
 
 impl Sink for ParquetSink {
-    fn write(&self, batches: &[(Table, RecordBatch)]) -> Result<(), SinkError> {
+    fn write(
+        &self,
+        batches: &[(Table, RecordBatch)],
+        landing: Option<&Landing>,
+    ) -> Result<(), SinkError> {
+        if let Some(landing) = landing {
+            return self
+                .write_landing(batches, landing)
+                .map_err(|e| SinkError::retry("parquet", e));
+        }
         for (table, batch) in batches {
             if batch.num_rows() == 0 {
                 continue;
@@ -148,6 +314,31 @@ impl Sink for ParquetSink {
             tracing::debug!(table = table.name(), rows = batch.num_rows(), path = %path.display(), "wrote parquet file");
         }
         Ok(())
+    }
+
+    fn stores_offsets(&self) -> bool {
+        true
+    }
+
+    fn landed(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), i64>, SinkError> {
+        let mut by_topic: HashMap<&str, HashSet<i32>> = HashMap::new();
+        for (t, p) in partitions {
+            by_topic.entry(t).or_default().insert(*p);
+        }
+        let mut out = HashMap::new();
+        for (topic, parts) in by_topic {
+            let found = self
+                .journal
+                .resolve(group, topic, &parts)
+                .and_then(|_| self.journal.stored(group, topic, parts.iter().copied()))
+                .map_err(|e| SinkError::retry("parquet", e))?;
+            out.extend(found.into_iter().map(|(p, n)| ((topic.to_string(), p), n)));
+        }
+        Ok(out)
     }
 
     fn name(&self) -> &'static str {
@@ -250,7 +441,7 @@ mod tests {
                 },
             );
         }
-        sink.write(&b.finish()).unwrap();
+        sink.write(&b.finish(), None).unwrap();
         let batches = read_table(dir.path(), Table::Events).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
         assert_eq!(
@@ -300,6 +491,96 @@ mod tests {
         assert!(entity.statistics().is_some());
     }
 
+    fn events(offsets: std::ops::Range<i64>) -> Vec<(Table, RecordBatch)> {
+        let mut b = TableBatcher::new(true);
+        for i in offsets {
+            b.push(
+                &Row::Event(Event {
+                    timestamp: Some(i),
+                    entity_id: "e".into(),
+                    event_type: "log".into(),
+                    source: "s".into(),
+                    environment: "p".into(),
+                    message: format!("m{i}"),
+                    tags: vec![],
+                    attributes: "{}".into(),
+                    trace_id: None,
+                    id: Some(format!("id{i}")),
+                    created_at: Some(0),
+                }),
+                &Lineage {
+                    topic: "t",
+                    partition: 0,
+                    offset: i,
+                    version: "v",
+                },
+            );
+        }
+        b.finish()
+    }
+
+    fn landing(first: i64, next: i64) -> Landing {
+        Landing {
+            group: "g".into(),
+            topic: "t".into(),
+            partitions: vec![(0, first, next)],
+        }
+    }
+
+    #[test]
+    fn with_offsets_a_flush_lands_once_and_an_overlap_only_adds_the_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(dir.path());
+        let asked = [("t".to_string(), 0), ("t".to_string(), 1)];
+        assert!(sink.landed("g", &asked).unwrap().is_empty());
+        sink.write(&events(0..3), Some(&landing(0, 3))).unwrap();
+        assert_eq!(
+            sink.landed("g", &asked).unwrap(),
+            HashMap::from([(("t".to_string(), 0), 3)])
+        );
+        // The same flush again (a retry after an uncertain failure, a zombie): nothing.
+        sink.write(&events(0..3), Some(&landing(0, 3))).unwrap();
+        // A flush reaching back into what landed: only offsets 3 and 4 are new.
+        sink.write(&events(1..5), Some(&landing(1, 5))).unwrap();
+        let ids: Vec<String> = read_table(dir.path(), Table::Events)
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let ids = b
+                    .column_by_name("id")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap()
+                    .clone();
+                (0..arrow_array::Array::len(&ids)).map(move |i| ids.value(i).to_string())
+            })
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["id0", "id1", "id2", "id3", "id4"], "{ids:?}");
+        assert_eq!(sink.landed("g", &asked).unwrap()[&("t".to_string(), 0)], 5);
+        // Another group has its own offsets.
+        assert!(sink.landed("other", &asked).unwrap().is_empty());
+        // Each file names its offset ranges in its metadata.
+        let day = dir
+            .path()
+            .join("events")
+            .join(format!("date={}", utc_date_today()));
+        let file = std::fs::read_dir(&day).unwrap().next().unwrap().unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(
+            File::open(file.path()).unwrap(),
+        )
+        .unwrap();
+        let meta = parquet::file::reader::FileReader::metadata(&reader);
+        let kv = meta.file_metadata().key_value_metadata().unwrap();
+        let ranges = kv.iter().find(|k| k.key == OFFSETS_KEY).unwrap();
+        let v: serde_json::Value = serde_json::from_str(ranges.value.as_ref().unwrap()).unwrap();
+        assert_eq!(v["group"], "g");
+        assert_eq!(v["topic"], "t");
+        assert!(v["partitions"][0][0] == 0, "{v}");
+    }
+
     #[test]
     fn an_unwritable_directory_is_a_retriable_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -328,7 +609,7 @@ mod tests {
                 version: "v",
             },
         );
-        let err = sink.write(&b.finish()).unwrap_err();
+        let err = sink.write(&b.finish(), None).unwrap_err();
         assert!(err.is_retriable(), "{err}");
         assert!(err.to_string().contains("cannot create"), "{err}");
     }
