@@ -7,6 +7,7 @@ use crate::batch::{Lineage, TableBatcher};
 use crate::model::{Message, RowRef, Table};
 use crate::sink::deadletter::{DeadLetter, DeadLetterError, DeadLetterWriter};
 use crate::sink::{Landing, RetryHint, Sink, SinkError};
+use crate::transform::reload::Fallback;
 use crate::transform::wasm::{MessageResult, TransformError, TransformInstance, TransformModule};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
@@ -313,7 +314,26 @@ impl Worker {
         let lineage_label = instance.lineage().clone();
         let version = &*lineage_label;
         let generation = state.generation;
-        let fallback = spec.live.observe(generation, msgs, processed.results());
+        let mut fallback = spec.live.observe(generation, msgs, processed.results());
+        let failed: Vec<usize> = processed
+            .results()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, MessageResult::Fail(_) | MessageResult::Error(_)))
+            .map(|(i, _)| i)
+            .collect();
+        if fallback.is_none() && !failed.is_empty() && spec.live.generation() != generation {
+            // The version was replaced (or rolled back) while this batch ran on it: what it
+            // failed gets a run on the version that runs now, which this worker switches to.
+            let v = spec.live.current();
+            let mut inst = TransformInstance::new(v.module.clone(), v.settings.clone())
+                .map_err(WorkerError::Transform)?;
+            let again: Vec<Message> = failed.iter().map(|&i| msgs[i].clone()).collect();
+            let rerun = inst.process_batch(&again, now);
+            fallback = Fallback::new(inst.lineage().clone(), &failed, msgs.len(), rerun);
+            state.instance = Some(inst);
+            state.generation = v.generation;
+        }
         spec.live.remember(msgs);
         if let Some(f) = &fallback {
             tracing::debug!(pipeline = %spec.name, version, records = f.len(), restored_by = %f.label, "records the version on probation failed land as the replaced version wrote them");
@@ -725,6 +745,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::transform::loader::bundled_bytes;
     use crate::transform::wasm::{InstanceSettings, TransformEngine};
+    use std::collections::HashSet;
     use std::sync::atomic::AtomicU64;
 
     /// A sink that only counts rows.
@@ -822,5 +843,88 @@ mod tests {
             "calls, traps after the reload"
         );
         w.flush_all(FlushReason::Shutdown).unwrap();
+    }
+    /// A version on probation that fails records its predecessor handles costs no record:
+    /// they land as the predecessor wrote them, under its label, and none is dead-lettered.
+    #[test]
+    fn records_a_version_on_probation_fails_land_as_the_replaced_version_wrote_them() {
+        let engine = TransformEngine::new(None).unwrap();
+        let good = engine
+            .load("raw-logs", bundled_bytes("raw-logs").unwrap())
+            .unwrap();
+        let half = engine
+            .load(
+                "raw-logs",
+                &std::fs::read(vast_test_guests::FAILS_HALF_PATH).unwrap(),
+            )
+            .unwrap();
+        let spec = PipelineSpec::new(
+            "raw-logs",
+            "raw-logs",
+            good,
+            InstanceSettings::default(),
+            None,
+            BatchConfig::default(),
+            ReloadConfig {
+                rollback_error_rate: 1.0,
+                probation_batches: 100,
+                ..ReloadConfig::default()
+            },
+        );
+        let live = spec.live.clone();
+        let before = live.current().label().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Counting(AtomicU64::new(0)));
+        let stats = Arc::new(RunStats::default());
+        let env = WorkerEnv {
+            sink: sink.clone(),
+            delivered: Arc::new(DeliveredOffsets::default()),
+            stats: stats.clone(),
+            abort: Arc::new(AtomicBool::new(false)),
+            lineage: true,
+            metrics: Arc::new(Metrics::new([("raw-logs", "raw-logs")])),
+            inflight_bytes: crate::config::RuntimeConfig::default().queue_bytes,
+            discard: Arc::default(),
+            group: None,
+        };
+        let mut w = Worker::new(
+            0,
+            Arc::new(vec![spec]),
+            env,
+            DeadLetterWriter::new(None, dir.path().to_path_buf()),
+        );
+        let line = br#"{"host": "pg-1", "payload": {"event_type": "vacuum"}}"#;
+        let msgs: Vec<Message> = (0..20)
+            .map(|offset| Message {
+                topic: "raw-logs".into(),
+                partition: 0,
+                offset,
+                timestamp_ms: None,
+                key: None,
+                headers: vec![],
+                payload: line.to_vec(),
+            })
+            .collect();
+        // No shadow sample yet: the candidate goes straight to its probation.
+        live.try_swap(half, InstanceSettings::default()).unwrap();
+        assert!(live.on_probation());
+        w.handle(0, &msgs).unwrap();
+        // The rows of the odd offsets carry the replaced version's label.
+        let state = &w.states[0];
+        assert_eq!(state.letters.len(), 0, "nothing dead-lettered");
+        let batches = w.states[0].batcher.finish();
+        let versions = batches[0]
+            .1
+            .column_by_name("transform_version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap()
+            .clone();
+        let labels: HashSet<&str> = (0..20).map(|i| versions.value(i)).collect();
+        assert_eq!(batches[0].1.num_rows(), 20);
+        assert!(labels.contains(before.as_str()), "{labels:?}");
+        assert_eq!(labels.len(), 2, "{labels:?}");
+        assert_eq!(RunStats::get(&stats.dead_letters), 0);
     }
 }

@@ -109,6 +109,29 @@ pub struct Fallback {
 }
 
 impl Fallback {
+    /// From `processed`, the results of another version for the records at `positions` of
+    /// a batch of `len`: the records it handled (rows or a skip) fall back. `None` if none.
+    pub fn new(
+        label: Arc<str>,
+        positions: &[usize],
+        len: usize,
+        processed: Processed,
+    ) -> Option<Fallback> {
+        let mut slot = vec![None; len];
+        let mut any = false;
+        for (j, (&i, r)) in positions.iter().zip(processed.results()).enumerate() {
+            if matches!(r, MessageResult::Rows(_) | MessageResult::Skip(_)) {
+                slot[i] = Some(j);
+                any = true;
+            }
+        }
+        any.then_some(Fallback {
+            label,
+            slot,
+            processed,
+        })
+    }
+
     /// The replaced version's result for record `i` of the observed batch, if it handled it,
     /// with the batch its row spans point into.
     pub fn get(&self, i: usize) -> Option<(&MessageResult<RowSpan>, &Processed)> {
@@ -483,19 +506,7 @@ impl LiveTransform {
                     .zip(&traps)
                     .filter(|(h, t)| **h && **t)
                     .count() as u64;
-                if new > 0 {
-                    let mut slot = vec![None; msgs.len()];
-                    for (j, &i) in positions.iter().enumerate() {
-                        if handled[j] {
-                            slot[i] = Some(j);
-                        }
-                    }
-                    fallback = Some(Fallback {
-                        label: prev.lineage().clone(),
-                        slot,
-                        processed: before,
-                    });
-                }
+                fallback = Fallback::new(prev.lineage().clone(), &positions, msgs.len(), before);
             }
             p.batches += 1;
             p.messages += msgs.len() as u64;
