@@ -468,3 +468,204 @@ fn a_failed_commit_is_rolled_back() {
     sink.write(&events(&["a"]), None).unwrap();
     assert_eq!(ids(&sim, "events"), ["a"]);
 }
+
+/// Events for offsets `from..to` of partition 0, ids `o<offset>`.
+fn events_at(from: i64, to: i64) -> Vec<(Table, RecordBatch)> {
+    let mut b = TableBatcher::new(true);
+    for offset in from..to {
+        b.push(
+            &Row::Event(Event {
+                timestamp: Some(1),
+                entity_id: "pg-1".into(),
+                event_type: "log".into(),
+                source: "postgresql".into(),
+                environment: "production".into(),
+                message: format!("m{offset}"),
+                tags: vec![],
+                attributes: "{}".into(),
+                trace_id: None,
+                id: Some(format!("o{offset}")),
+                created_at: Some(2),
+            }),
+            &Lineage {
+                topic: "raw-logs",
+                partition: 0,
+                offset,
+                version: "raw-logs@x",
+            },
+        );
+    }
+    b.finish()
+}
+
+fn landing(first: i64, next: i64) -> vast_processor::sink::Landing {
+    vast_processor::sink::Landing {
+        group: "g".into(),
+        topic: "raw-logs".into(),
+        partitions: vec![(0, first, next)],
+    }
+}
+
+fn sorted_ids(sim: &Simulator) -> Vec<String> {
+    let mut v = ids(sim, "events");
+    v.sort_by_key(|id| id[1..].parse::<i64>().unwrap());
+    v
+}
+
+fn expect(from: i64, to: i64) -> Vec<String> {
+    (from..to).map(|o| format!("o{o}")).collect()
+}
+
+fn landed(sink: &VastSink) -> Option<i64> {
+    let asked = [("raw-logs".to_string(), 0)];
+    sink.landed("g", &asked).unwrap().get(&asked[0]).copied()
+}
+
+/// Exactly once into VAST: the offsets row is written in the flush's transaction; a flush
+/// that landed already writes nothing, one that overlaps writes only what is new.
+#[test]
+fn offsets_land_in_the_rows_transaction_and_a_repeat_writes_nothing() {
+    let sim = sim();
+    let sink = bootstrapped(&sim);
+    assert!(sink.stores_offsets());
+    assert_eq!(landed(&sink), None);
+    sink.write(&events_at(0, 3), Some(&landing(0, 3))).unwrap();
+    assert_eq!(landed(&sink), Some(3));
+    sink.write(&events_at(0, 3), Some(&landing(0, 3))).unwrap();
+    sink.write(&events_at(1, 5), Some(&landing(1, 5))).unwrap();
+    assert_eq!(sorted_ids(&sim), expect(0, 5));
+    assert_eq!(landed(&sink), Some(5));
+    // One row per group/topic/partition, updated in place with a version.
+    let rows = sim.rows("vastdb", "observability", "vast_processor_offsets");
+    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, 1, "{rows:?}");
+    let version = rows[0]
+        .column_by_name("version")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(version, 2);
+    assert_eq!(
+        sink.stored_offsets("g").unwrap(),
+        [("raw-logs".to_string(), 0, 5)]
+    );
+    assert_eq!(sim.open_transactions(), 0);
+}
+
+/// Connections dropped before and after an insert or the commit applies: the retry (what
+/// the worker does) re-reads the offsets in a new transaction and lands each row once.
+#[test]
+fn dropped_connections_around_inserts_and_commits_land_each_row_once() {
+    let sim = sim();
+    let sink = bootstrapped(&sim);
+    let mut next = 0;
+    for (method, command, kind) in [
+        ("POST", "rows", FaultKind::DropBeforeApply),
+        ("POST", "rows", FaultKind::DropAfterApply),
+        ("PUT", "rows", FaultKind::DropAfterApply),
+        ("PUT", "transaction", FaultKind::DropBeforeApply),
+        // The commit applied, its answer lost: the outcome is unknown to the sink.
+        ("PUT", "transaction", FaultKind::DropAfterApply),
+        ("GET", "data", FaultKind::DropBeforeApply),
+    ] {
+        // A first flush makes the offsets row exist, so updates are exercised too.
+        sink.write(&events_at(next, next + 2), Some(&landing(next, next + 2)))
+            .unwrap();
+        next += 2;
+        sim.add_fault(Fault {
+            method: Some(method.into()),
+            command: Some(command.into()),
+            kind: kind.clone(),
+            count: Some(1),
+            until: None,
+        });
+        let flush = (events_at(next, next + 3), landing(next, next + 3));
+        let mut tries = 0;
+        while let Err(e) = sink.write(&flush.0, Some(&flush.1)) {
+            assert!(e.is_retriable(), "{method} {command} {kind:?}: {e}");
+            tries += 1;
+            assert!(tries < 5, "{method} {command} {kind:?}: {e}");
+        }
+        next += 3;
+        assert_eq!(
+            sorted_ids(&sim),
+            expect(0, next),
+            "{method} {command} {kind:?}"
+        );
+        assert_eq!(landed(&sink), Some(next));
+    }
+}
+
+fn racing_writes(sim: &Simulator) -> (Vec<Result<(), String>>, VastSink) {
+    let first = bootstrapped(sim);
+    first.write(&events_at(0, 3), Some(&landing(0, 3))).unwrap();
+    // Both transactions read the offsets row before either commits.
+    sim.add_fault(Fault {
+        method: Some("PUT".into()),
+        command: Some("transaction".into()),
+        kind: FaultKind::Latency(Duration::from_millis(500)),
+        count: Some(2),
+        until: None,
+    });
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let sink = connect(sim);
+                    sink.write(&events_at(3, 6), Some(&landing(3, 6)))
+                        .map_err(|e| {
+                            assert!(e.is_retriable(), "{e}");
+                            e.to_string()
+                        })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (results, first)
+}
+
+/// Two transactions writing the same flush and updating the same offsets row (a zombie
+/// and the partition's owner). With a 409 on the second commit, the loser's retry finds the
+/// flush landed: nothing lost, nothing duplicated.
+#[test]
+fn an_offsets_row_conflict_409_on_the_second_commit_duplicates_nothing() {
+    let sim = Simulator::start(
+        "127.0.0.1:0",
+        SimOptions {
+            row_conflicts: vast_sim::RowConflicts::ConflictOnCommit,
+            ..SimOptions::new(Credentials::new("AK", SECRET), vec!["vastdb".into()])
+        },
+    )
+    .unwrap();
+    let (results, sink) = racing_writes(&sim);
+    let lost: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(lost.len(), 1, "{results:?}");
+    assert!(lost[0].contains("409"), "{lost:?}");
+    // The loser's retry.
+    sink.write(&events_at(3, 6), Some(&landing(3, 6))).unwrap();
+    assert_eq!(sorted_ids(&sim), expect(0, 6));
+    assert_eq!(landed(&sink), Some(6));
+    assert_eq!(sim.open_transactions(), 0);
+}
+
+/// The same race where the later commit silently wins (what VAST does is unknown): both
+/// commit, nothing is lost, and the absolute values leave the offsets right; the repeat is
+/// the one flush a zombie may duplicate (README), its rows with the same ids.
+#[test]
+fn an_offsets_row_conflict_where_the_last_writer_wins_loses_nothing() {
+    let sim = sim();
+    let (results, sink) = racing_writes(&sim);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let got = sorted_ids(&sim);
+    let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+    assert_eq!(distinct.len(), 6, "{got:?}");
+    assert_eq!(got.len(), 9, "the racing flush twice: {got:?}");
+    assert_eq!(landed(&sink), Some(6));
+    // The next flush is written once.
+    sink.write(&events_at(6, 8), Some(&landing(6, 8))).unwrap();
+    assert_eq!(ids(&sim, "events").len(), 11);
+    assert_eq!(landed(&sink), Some(8));
+}

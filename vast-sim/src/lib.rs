@@ -1,12 +1,16 @@
 //! A VAST Database simulator for tests and local runs: the ingest subset of the tabular API
-//! (shared/vast-tabular-api.md) over plain HTTP/1.1 on loopback, checking what the real
+//! (shared/vast-tabular-api.md) and reading rows back with `$row_id` and updating them by it
+//! (shared/vast-query-update-api.md), over plain HTTP/1.1 on loopback, checking what the real
 //! server checks: SigV4 signatures (and the payload hash), the `Server` version header,
-//! transactions with isolation (uncommitted changes are invisible, rollback discards them,
-//! conflicting DDL is 409), column types and nullability on insert, the 5 MiB request limit,
-//! and zero-column inserts (501). Faults can be injected: error statuses, latency, and
+//! transactions with isolation (uncommitted changes are invisible except to their own
+//! transaction, rollback discards them, conflicting DDL is 409), column types and
+//! nullability on insert and update, the 5 MiB request limit, zero-column inserts (501),
+//! `Content-Length` on begin and commit, query pages and cursors. What VAST does when two
+//! open transactions update one row is unknown: [`RowConflicts`] picks last writer wins or a
+//! 409 on the second commit. Faults can be injected: error statuses, latency, and
 //! connections dropped before or after a request is applied.
 
-use arrow_array::{RecordBatch, UInt64Array};
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,6 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use vast_processor::sink::vast::query;
 use vast_processor::sink::vast::sigv4::{Credentials, parse_amz_date, sha256_hex, sign_request};
 use vast_processor::sink::vast::wire::{self, ObjectDetails};
 
@@ -50,9 +55,45 @@ struct TableState {
     schema: Vec<Field>,
     sorted: Vec<usize>,
     batches: Vec<RecordBatch>,
+    /// The `$row_id` of each batch's first row (ids are contiguous within a batch).
+    first_ids: Vec<u64>,
     next_row_id: u64,
     /// In a transaction's view: how many batches were committed when it began.
     base: usize,
+    /// In a transaction's view: its row updates, in order (`$row_id`, column, 1-value array).
+    updates: Vec<(u64, String, ArrayRef)>,
+    /// Committed: the commit (sequence number) that last updated each row.
+    updated_by: HashMap<u64, u64>,
+}
+
+impl TableState {
+    /// Batch index and row of `$row_id`.
+    fn locate(&self, id: u64) -> Option<(usize, usize)> {
+        self.first_ids
+            .iter()
+            .zip(&self.batches)
+            .enumerate()
+            .find(|(_, (first, b))| id >= **first && id < **first + b.num_rows() as u64)
+            .map(|(i, (first, _))| (i, (id - first) as usize))
+    }
+
+    /// Set column `col` of row `id` to `value` (a 1-value array of the column's type).
+    fn set(&mut self, id: u64, col: &str, value: &ArrayRef) -> Result<(), String> {
+        let (i, r) = self.locate(id).ok_or_else(|| format!("no row {id}"))?;
+        let b = &self.batches[i];
+        let c = b
+            .schema()
+            .index_of(col)
+            .map_err(|_| format!("no column {col}"))?;
+        let old = b.column(c);
+        let (head, tail) = (old.slice(0, r), old.slice(r + 1, b.num_rows() - r - 1));
+        let new = arrow_select::concat::concat(&[head.as_ref(), value.as_ref(), tail.as_ref()])
+            .map_err(|e| e.to_string())?;
+        let mut cols = b.columns().to_vec();
+        cols[c] = new;
+        self.batches[i] = RecordBatch::try_new(b.schema(), cols).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }
 
 impl TableState {
@@ -73,6 +114,20 @@ impl TableState {
 struct Db {
     /// bucket → schema → table.
     buckets: BTreeMap<String, BTreeMap<String, BTreeMap<String, TableState>>>,
+    /// In a transaction's view: the commits made when it began.
+    began_after: u64,
+}
+
+/// What the simulator does when two open transactions update the same row (unknown for
+/// VAST, notes §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowConflicts {
+    /// Both commit; the later commit's values stay (what the notes' test server did).
+    #[default]
+    LastWriterWins,
+    /// The commit of a transaction that updated a row another transaction updated and
+    /// committed after it began is answered 409 (and the transaction is gone).
+    ConflictOnCommit,
 }
 
 #[derive(Default)]
@@ -84,6 +139,8 @@ struct State {
     faults: Vec<Fault>,
     log: Vec<String>,
     commits: u64,
+    /// Next `$row_id` per table (`bucket/schema/table`): ids stay unique across transactions.
+    row_ids: HashMap<String, u64>,
 }
 
 /// Simulator settings.
@@ -95,6 +152,8 @@ pub struct SimOptions {
     pub server: String,
     /// Serve https with this configuration (see [`tls_config`]) instead of plain http.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Two transactions updating one row.
+    pub row_conflicts: RowConflicts,
 }
 
 impl SimOptions {
@@ -105,6 +164,7 @@ impl SimOptions {
             buckets,
             server: "vast 5.3.0.1".into(),
             tls: None,
+            row_conflicts: RowConflicts::default(),
         }
     }
 }
@@ -510,7 +570,7 @@ fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
     }
     let cmd = req.command().to_string();
     if cmd == "transaction" && segs.is_empty() {
-        return transaction(req, &mut st);
+        return transaction(req, &mut st, opts.row_conflicts);
     }
     let Some(txid) = req
         .header("tabular-txid")
@@ -521,10 +581,23 @@ fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
     if req.header("tabular-api-version-id") != Some("1") {
         return error(400, "BadRequest", "missing tabular-api-version-id");
     }
+    let st = &mut *st;
     let Some(db) = st.txns.get_mut(&txid) else {
         return error(400, "TabularInvalidTxid", "no such open transaction");
     };
     match (req.method.as_str(), cmd.as_str(), segs.as_slice()) {
+        ("GET", "data", [bucket, schema, table]) => {
+            let Some(t) = table_mut(db, bucket, schema, table) else {
+                return error(404, "NoSuchTable", "no such table");
+            };
+            select(t, req)
+        }
+        ("PUT", "rows", [bucket, schema, table]) => {
+            let Some(t) = table_mut(db, bucket, schema, table) else {
+                return error(404, "NoSuchTable", "no such table");
+            };
+            update(t, &req.body)
+        }
         ("GET", "schema", [bucket]) => {
             let Some(b) = db.buckets.get(*bucket) else {
                 return error(404, "NoSuchBucket", "no such bucket");
@@ -623,7 +696,11 @@ fn handle(req: &Request, state: &Mutex<State>, opts: &SimOptions) -> Reply {
             let Some(t) = table_mut(db, bucket, schema, table) else {
                 return error(404, "NoSuchTable", "no such table");
             };
-            insert(t, &req.body)
+            let next = st
+                .row_ids
+                .entry(format!("{bucket}/{schema}/{table}"))
+                .or_insert(0);
+            insert(t, &req.body, next)
         }
         _ => error(
             400,
@@ -655,7 +732,179 @@ fn listed(body: Vec<u8>) -> Reply {
     r
 }
 
-fn insert(t: &mut TableState, body: &[u8]) -> Reply {
+/// The table's rows as of this view: the requested columns, `$row_id` among them.
+fn projected(t: &TableState, names: &[String]) -> Result<RecordBatch, Reply> {
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for name in names {
+        let parts: Vec<ArrayRef> = if name == query::ROW_ID {
+            fields.push(Field::new(query::ROW_ID, DataType::UInt64, true));
+            t.first_ids
+                .iter()
+                .zip(&t.batches)
+                .map(|(first, b)| {
+                    Arc::new(UInt64Array::from_iter_values(
+                        *first..*first + b.num_rows() as u64,
+                    )) as ArrayRef
+                })
+                .collect()
+        } else {
+            let Some(f) = t.schema.iter().find(|f| f.name() == name) else {
+                return Err(error(
+                    404,
+                    "TabularColumnNotFound",
+                    &format!("no column {name}"),
+                ));
+            };
+            fields.push(f.clone());
+            // Rows inserted before the column was added read it as null.
+            t.batches
+                .iter()
+                .map(|b| {
+                    b.column_by_name(name)
+                        .cloned()
+                        .unwrap_or_else(|| arrow_array::new_null_array(f.data_type(), b.num_rows()))
+                })
+                .collect()
+        };
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        let col = if refs.is_empty() {
+            arrow_array::new_empty_array(fields.last().expect("pushed").data_type())
+        } else {
+            arrow_select::concat::concat(&refs)
+                .map_err(|e| error(500, "InternalError", &e.to_string()))?
+        };
+        columns.push(col);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| error(500, "InternalError", &e.to_string()))
+}
+
+/// QueryData: pages of at most `tabular-limit-rows` rows on sub-split 0 (its cursor is the
+/// next row's position), the other sub-splits finish with an empty page at once.
+fn select(t: &TableState, req: &Request) -> Reply {
+    let Ok(names) = query::requested_names(&req.body) else {
+        return error(400, "BadRequest", "malformed query request");
+    };
+    let subsplits: u32 = match req
+        .header("tabular-num-of-subsplits")
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) if (1..=64).contains(&n) => n,
+        _ => return error(400, "BadRequest", "missing tabular-num-of-subsplits"),
+    };
+    if req.header("tabular-split") != Some("0,1,8") {
+        return error(400, "BadRequest", "unsupported tabular-split");
+    }
+    let limit: usize = req
+        .header("tabular-limit-rows")
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(usize::MAX);
+    let mut cursors = Vec::new();
+    for i in 0..subsplits {
+        let c = req
+            .header(&format!("tabular-start-row-id-{i}"))
+            .and_then(|v| v.split_once(','))
+            .filter(|(id, _)| id.parse() == Ok(i))
+            .and_then(|(_, c)| c.parse::<u64>().ok());
+        let Some(c) = c else {
+            return error(400, "BadRequest", "missing tabular-start-row-id");
+        };
+        cursors.push(c);
+    }
+    let all = match projected(t, &names) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut body = Vec::new();
+    for (i, &c) in cursors.iter().enumerate() {
+        if c == query::DONE {
+            continue;
+        }
+        let page = if i == 0 {
+            let from = (c as usize).min(all.num_rows());
+            let n = limit.min(all.num_rows() - from);
+            let next = if from + n < all.num_rows() {
+                (from + n) as u64
+            } else {
+                query::DONE
+            };
+            (all.slice(from, n), next)
+        } else {
+            (all.slice(0, 0), query::DONE)
+        };
+        match query::encode_page(&page.0, i as u32, page.1) {
+            Ok(b) => body.extend(b),
+            Err(e) => return error(500, "InternalError", &e.to_string()),
+        }
+    }
+    body.extend_from_slice(&query::completed());
+    let mut r = reply(200);
+    r.body = body;
+    r
+}
+
+/// UpdateRows: `$row_id` first (uint64, ascending, each once), then the columns to set,
+/// typed as the table declares them.
+fn update(t: &mut TableState, body: &[u8]) -> Reply {
+    let Ok(batches) = wire::read_batches(body) else {
+        return error(400, "BadRequest", "malformed Arrow IPC stream");
+    };
+    let [batch] = batches.as_slice() else {
+        return error(400, "BadRequest", "expected exactly one record batch");
+    };
+    let ids = match batch.schema().fields().first() {
+        Some(f) if f.name() == query::ROW_ID && f.data_type() == &DataType::UInt64 => batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .expect("uint64")
+            .clone(),
+        _ => return error(400, "BadRequest", "column 0 must be $row_id (uint64)"),
+    };
+    if ids.null_count() > 0 || ids.values().windows(2).any(|w| w[0] >= w[1]) {
+        return error(
+            400,
+            "BadRequest",
+            "$row_id values must be distinct and ascending",
+        );
+    }
+    for f in batch.schema().fields().iter().skip(1) {
+        match t.schema.iter().find(|c| c.name() == f.name()) {
+            None => {
+                return error(
+                    404,
+                    "TabularColumnNotFound",
+                    &format!("no column {}", f.name()),
+                );
+            }
+            Some(c) if c.data_type() != f.data_type() || c.is_nullable() != f.is_nullable() => {
+                return error(
+                    400,
+                    "TabularMismatchColumnType",
+                    &format!("column {} differs", f.name()),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(id) = ids.values().iter().find(|id| t.locate(**id).is_none()) {
+        return error(400, "BadRequest", &format!("no row with $row_id {id}"));
+    }
+    for (r, id) in ids.values().iter().enumerate() {
+        for (c, f) in batch.schema().fields().iter().enumerate().skip(1) {
+            let value = batch.column(c).slice(r, 1);
+            if let Err(e) = t.set(*id, f.name(), &value) {
+                return error(500, "InternalError", &e);
+            }
+            t.updates.push((*id, f.name().clone(), value));
+        }
+    }
+    reply(200)
+}
+
+fn insert(t: &mut TableState, body: &[u8], next_row_id: &mut u64) -> Reply {
     let Ok(batches) = wire::read_batches(body) else {
         return error(400, "BadRequest", "malformed Arrow IPC stream");
     };
@@ -699,10 +948,12 @@ fn insert(t: &mut TableState, body: &[u8]) -> Reply {
         Ok(b) => b,
         Err(e) => return error(400, "BadRequest", &e.to_string()),
     };
-    let first = t.next_row_id;
-    t.next_row_id += stored.num_rows() as u64;
+    let first = *next_row_id;
+    *next_row_id += stored.num_rows() as u64;
+    t.next_row_id = *next_row_id;
     t.batches.push(stored);
-    let ids = UInt64Array::from_iter_values(first..t.next_row_id);
+    t.first_ids.push(first);
+    let ids = UInt64Array::from_iter_values(first..*next_row_id);
     let schema = Arc::new(Schema::new(vec![Field::new(
         "$row_id",
         DataType::UInt64,
@@ -716,13 +967,18 @@ fn insert(t: &mut TableState, body: &[u8]) -> Reply {
     r
 }
 
-fn transaction(req: &Request, st: &mut State) -> Reply {
+fn transaction(req: &Request, st: &mut State, conflicts: RowConflicts) -> Reply {
     let txid = req
         .header("tabular-txid")
         .and_then(|v| v.parse::<u64>().ok());
     match req.method.as_str() {
         // The version probe.
         "GET" => reply(200),
+        "POST" | "PUT" if req.header("content-length") != Some("0") => error(
+            400,
+            "BadRequest",
+            "begin and commit carry Content-Length: 0",
+        ),
         "POST" => {
             st.next_txid += 1;
             let id = st.next_txid;
@@ -735,6 +991,7 @@ fn transaction(req: &Request, st: &mut State) -> Reply {
             {
                 t.base = t.batches.len();
             }
+            view.began_after = st.commits;
             st.txns.insert(id, view);
             let mut r = reply(200);
             r.headers.push(("tabular-txid".into(), id.to_string()));
@@ -744,7 +1001,7 @@ fn transaction(req: &Request, st: &mut State) -> Reply {
             Some((_, view)) => {
                 // The transaction's own changes (new objects, added columns, appended rows)
                 // are applied on top of what other transactions committed meanwhile.
-                if let Err(r) = merge(&mut st.committed, view) {
+                if let Err(r) = merge(&mut st.committed, view, conflicts, st.commits + 1) {
                     return r;
                 }
                 st.commits += 1;
@@ -760,8 +1017,37 @@ fn transaction(req: &Request, st: &mut State) -> Reply {
     }
 }
 
-/// Apply a committed transaction's view: new schemas/tables/columns, and appended rows.
-fn merge(committed: &mut Db, view: Db) -> Result<(), Reply> {
+/// Apply a committed transaction's view: new schemas/tables/columns, appended rows, row
+/// updates (commit number `seq`).
+fn merge(committed: &mut Db, view: Db, conflicts: RowConflicts, seq: u64) -> Result<(), Reply> {
+    if conflicts == RowConflicts::ConflictOnCommit {
+        for (b, schemas) in &view.buckets {
+            for (s, tables) in schemas {
+                for (name, t) in tables {
+                    let Some(c) = committed
+                        .buckets
+                        .get(b)
+                        .and_then(|x| x.get(s))
+                        .and_then(|x| x.get(name))
+                    else {
+                        continue;
+                    };
+                    let lost = t.updates.iter().any(|(id, _, _)| {
+                        c.updated_by
+                            .get(id)
+                            .is_some_and(|&by| by > view.began_after)
+                    });
+                    if lost {
+                        return Err(error(
+                            409,
+                            "Conflict",
+                            "a row this transaction updated was updated by a transaction that committed first",
+                        ));
+                    }
+                }
+            }
+        }
+    }
     // DDL racing with another committed transaction: creating what now exists is a conflict.
     for (b, schemas) in &view.buckets {
         for (s, tables) in schemas {
@@ -796,6 +1082,10 @@ fn merge(committed: &mut Db, view: Db) -> Result<(), Reply> {
             for (name, t) in tables {
                 match cs.get_mut(&name) {
                     None => {
+                        let mut t = t;
+                        for (id, _, _) in std::mem::take(&mut t.updates) {
+                            t.updated_by.insert(id, seq);
+                        }
                         cs.insert(name, t);
                     }
                     Some(c) => {
@@ -804,7 +1094,14 @@ fn merge(committed: &mut Db, view: Db) -> Result<(), Reply> {
                         }
                         // Rows appended in the transaction are the ones past its base.
                         c.batches.extend(t.batches.into_iter().skip(t.base));
+                        c.first_ids.extend(t.first_ids.into_iter().skip(t.base));
                         c.next_row_id = c.next_row_id.max(t.next_row_id);
+                        for (id, col, value) in &t.updates {
+                            // Rows appended above carry their updates already.
+                            if c.set(*id, col, value).is_ok() {
+                                c.updated_by.insert(*id, seq);
+                            }
+                        }
                     }
                 }
             }

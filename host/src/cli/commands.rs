@@ -406,9 +406,9 @@ pub struct CheckArgs {
 
 /// Exactly once: the offsets stored with the rows per partition, next to Kafka's committed
 /// offsets (informational: a broker that cannot be reached does not fail the check).
-fn print_stored_offsets(config: &Config, sink: &ParquetSink) {
+fn print_stored_offsets(config: &Config, stored: Result<Vec<(String, i32, i64)>, String>) {
     let group = &config.kafka.group_id;
-    let stored = match sink.stored_offsets(group) {
+    let stored = match stored {
         Ok(s) => s,
         Err(e) => {
             println!("delivery: exactly once (group {group}): ERROR reading stored offsets: {e}");
@@ -474,7 +474,11 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
                 }
             }
             if config.runtime.delivery == crate::config::Delivery::ExactlyOnce {
-                print_stored_offsets(&config, &sink);
+                let group = &config.kafka.group_id;
+                print_stored_offsets(
+                    &config,
+                    sink.stored_offsets(group).map_err(|e| e.to_string()),
+                );
             } else {
                 println!("delivery: at least once (runtime.delivery)");
             }
@@ -528,6 +532,15 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
                                 }
                             }
                         }
+                    }
+                    if config.runtime.delivery == crate::config::Delivery::ExactlyOnce {
+                        let group = &config.kafka.group_id;
+                        print_stored_offsets(
+                            &config,
+                            sink.stored_offsets(group).map_err(|e| e.to_string()),
+                        );
+                    } else {
+                        println!("delivery: at least once (runtime.delivery)");
                     }
                 }
             }

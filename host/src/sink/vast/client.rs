@@ -360,6 +360,15 @@ impl VastClient {
         for (k, v) in extra {
             req = req.header(*k, v);
         }
+        // As the SDK: an explicit length on every request with a body and on begin/commit
+        // (0), and the form content type `requests` puts on Arrow bodies.
+        if !body.is_empty() || matches!(method, "POST" | "PUT") {
+            req = req.header("content-length", body.len().to_string());
+        }
+        let arrow_body = command == Some("rows") || (method == "POST" && command == Some("table"));
+        if arrow_body && !body.is_empty() {
+            req = req.header("content-type", "application/x-www-form-urlencoded");
+        }
         let req = req
             .body(body.to_vec())
             .map_err(|e| VastError::Protocol(format!("bad request: {e}")))?;
@@ -650,6 +659,95 @@ impl VastClient {
             self.ok("POST", &path, Some("rows"), &[], body, Some(tx))?;
         }
         Ok(bodies.len())
+    }
+}
+
+/// Rows per sub-split per QueryData answer (the SDK's `limit_rows_per_sub_split`).
+pub const QUERY_LIMIT_ROWS: u64 = 131_072;
+
+impl VastClient {
+    /// Every row of `table`'s `fields` (in that order; `$row_id` may be one of them, as
+    /// `uint64`), read in `tx` (its own uncommitted changes included), all pages.
+    pub fn query(
+        &self,
+        tx: TxId,
+        bucket: &str,
+        schema: &str,
+        table: &str,
+        fields: &[arrow_schema::Field],
+    ) -> Result<Vec<RecordBatch>, VastError> {
+        use super::query::{DONE, SUBSPLITS, cursor_headers, parse, request};
+        let path = object_path(&[bucket, schema, table]);
+        let body = request(fields).map_err(|e| VastError::Protocol(e.to_string()))?;
+        let mut cursors = vec![0u64; SUBSPLITS as usize];
+        let mut pages = Vec::new();
+        // The SDK loops until every cursor is done; a server that advances none is an error.
+        for _ in 0..100_000 {
+            let mut h: Vec<(&str, String)> = vec![
+                ("tabular-split", "0,1,8".into()),
+                ("tabular-num-of-subsplits", SUBSPLITS.to_string()),
+                ("tabular-request-format", "string".into()),
+                ("tabular-response-format", "string".into()),
+                ("tabular-enable-sorted-projections", "True".into()),
+                ("tabular-limit-rows", QUERY_LIMIT_ROWS.to_string()),
+            ];
+            let starts = cursor_headers(&cursors);
+            h.extend(starts.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            let a = self.ok("GET", &path, Some("data"), &h, &body, Some(tx))?;
+            let answer = parse(&a.body, fields)
+                .map_err(|e| VastError::Protocol(format!("query {table}: {e}")))?;
+            pages.extend(answer.pages);
+            let before = cursors.clone();
+            for (id, next) in answer.cursors {
+                if let Some(c) = cursors.get_mut(id as usize) {
+                    *c = next;
+                }
+            }
+            if cursors.iter().all(|&c| c == DONE) {
+                return Ok(pages);
+            }
+            if cursors == before {
+                return Err(VastError::Protocol(format!(
+                    "query {table}: the server answered a page without moving any cursor"
+                )));
+            }
+        }
+        Err(VastError::Protocol(format!(
+            "query {table}: the server never finished the query"
+        )))
+    }
+
+    /// Update rows by `$row_id` (column 0 of `batch`, `uint64`); the other columns, named as
+    /// in the table, get the batch's values. Rows are sent sorted by `$row_id`.
+    pub fn update(
+        &self,
+        tx: TxId,
+        bucket: &str,
+        schema: &str,
+        table: &str,
+        batch: &RecordBatch,
+    ) -> Result<(), VastError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::UInt64Array>()
+            .filter(|_| batch.schema().field(0).name() == super::query::ROW_ID)
+            .ok_or_else(|| {
+                VastError::Protocol("update: column 0 must be $row_id (uint64)".into())
+            })?;
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        order.sort_by_key(|&i| ids.value(i as usize));
+        let order = arrow_array::UInt32Array::from(order);
+        let sorted = arrow_select::take::take_record_batch(batch, &order)
+            .map_err(|e| VastError::Protocol(format!("update: {e}")))?;
+        let path = object_path(&[bucket, schema, table]);
+        for body in slice_for_insert(&sorted, MAX_INSERT_BYTES, MAX_INSERT_ROWS)? {
+            self.ok("PUT", &path, Some("rows"), &[], &body, Some(tx))?;
+        }
+        Ok(())
     }
 }
 

@@ -4,8 +4,15 @@
 //! Failures roll the transaction back; retriable ones are retried by the worker (which keeps
 //! offsets uncommitted and, through its bounded queue, pauses consumption), fatal ones
 //! (credentials, schema mismatch, missing bucket) stop the pipeline.
+//!
+//! Exactly once: the transaction that inserts a flush's rows also writes the next offset of
+//! each partition it covers into the offsets table ([`OFFSETS_TABLE`], one row per consumer
+//! group, topic and partition), read with `$row_id` and updated by it in that transaction.
+//! What landed already (read in the same transaction) is left out, so a retry after a lost
+//! transaction, a 409 or an uncertain commit never writes a row twice.
 
 pub mod client;
+pub mod query;
 pub mod sigv4;
 pub mod wire;
 
@@ -13,12 +20,12 @@ use super::{Landing, Sink, SinkError, SinkFailure};
 use crate::batch::schema;
 use crate::config::VastSinkConfig;
 use crate::model::Table;
-use arrow_array::RecordBatch;
-use arrow_schema::Schema;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use client::{TxId, VastClient, VastConfig, VastError, conform};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Sorting keys of the Python table creator, as column indices of the contract schemas:
@@ -49,6 +56,47 @@ pub struct VastSink {
     lineage: bool,
     /// Table layouts as listed by the server, once a transaction that ensured them committed.
     ready: Mutex<HashMap<Table, Schema>>,
+    /// The offsets table's layout, likewise.
+    offsets_ready: Mutex<Option<Schema>>,
+    /// Who writes (host and pid), into the offsets rows.
+    writer: String,
+}
+
+/// `host/pid`: who wrote an offsets row.
+fn writer_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    format!("{}/{}", host.trim(), std::process::id())
+}
+
+/// The table of offsets stored with the rows (in the sink's schema).
+pub const OFFSETS_TABLE: &str = "vast_processor_offsets";
+
+/// Its columns: one row per consumer group, topic and partition.
+pub fn offsets_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("consumer_group", DataType::Utf8, true),
+        Field::new("topic", DataType::Utf8, true),
+        Field::new("partition", DataType::Int32, true),
+        Field::new("next_offset", DataType::Int64, true),
+        Field::new("version", DataType::Int64, true),
+        Field::new("writer", DataType::Utf8, true),
+        Field::new(
+            "written_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ])
+}
+
+/// One partition's row in the offsets table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredOffset {
+    pub row_id: u64,
+    pub next: i64,
+    pub version: i64,
 }
 
 fn fatal(e: VastError) -> SinkError {
@@ -191,6 +239,8 @@ impl VastSink {
             schema: schema.into(),
             lineage,
             ready: Mutex::new(HashMap::new()),
+            offsets_ready: Mutex::new(None),
+            writer: writer_id(),
         })
     }
 
@@ -288,21 +338,29 @@ impl VastSink {
     /// Inside `tx`: create the schema/table if missing, add missing columns, and return the
     /// table's layout as the server lists it.
     fn ensure(&self, tx: TxId, table: Table) -> Result<Schema, VastError> {
-        let (b, s, name) = (&self.bucket, &self.schema, table.name());
-        let expected = schema(table, self.lineage);
+        let sorted: &[usize] = if self.client.supports_sorting() {
+            sorting_key(table)
+        } else {
+            &[]
+        };
+        self.ensure_named(tx, table.name(), &schema(table, self.lineage), sorted)
+    }
+
+    fn ensure_named(
+        &self,
+        tx: TxId,
+        name: &str,
+        expected: &Schema,
+        sorted: &[usize],
+    ) -> Result<Schema, VastError> {
+        let (b, s) = (&self.bucket, &self.schema);
         if !self.client.schema_exists(tx, b, s)? {
             tracing::info!(bucket = %b, schema = %s, "creating schema");
             self.client.create_schema(tx, b, s)?;
         }
         if !self.client.table_exists(tx, b, s, name)? {
-            let sorted: &[usize] = if self.client.supports_sorting() {
-                sorting_key(table)
-            } else {
-                &[]
-            };
             tracing::info!(table = name, sorted = ?sorted, "creating table");
-            self.client
-                .create_table(tx, b, s, name, &expected, sorted)?;
+            self.client.create_table(tx, b, s, name, expected, sorted)?;
         }
         let listed = self.client.list_columns(tx, b, s, name)?;
         let mut missing = Vec::new();
@@ -327,6 +385,205 @@ impl VastSink {
         self.client
             .add_columns(tx, b, s, name, &Schema::new(missing))?;
         self.client.list_columns(tx, b, s, name)
+    }
+
+    /// Inside `tx`: the offsets table's layout (created when missing).
+    fn offsets_layout(&self, tx: TxId) -> Result<Schema, VastError> {
+        if let Some(l) = self
+            .offsets_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(l);
+        }
+        self.ensure_named(tx, OFFSETS_TABLE, &offsets_schema(), &[])
+    }
+
+    /// Inside `tx`: the stored offsets of `group` (of `topic` only, when given), by topic and
+    /// partition. Two rows for one partition (two first flushes racing) count as the larger.
+    pub fn read_offsets(
+        &self,
+        tx: TxId,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Result<HashMap<(String, i32), StoredOffset>, VastError> {
+        let layout = self.offsets_layout(tx)?;
+        let mut fields = Vec::new();
+        for name in [
+            "consumer_group",
+            "topic",
+            "partition",
+            "next_offset",
+            "version",
+        ] {
+            let f = layout
+                .field_with_name(name)
+                .map_err(|_| VastError::SchemaMismatch {
+                    table: OFFSETS_TABLE.into(),
+                    column: name.into(),
+                    found: "nothing".into(),
+                    expected: "the offsets column".into(),
+                })?;
+            fields.push(f.clone());
+        }
+        fields.push(Field::new(query::ROW_ID, DataType::UInt64, true));
+        let pages = self
+            .client
+            .query(tx, &self.bucket, &self.schema, OFFSETS_TABLE, &fields)?;
+        let bad = |what: &str| VastError::Protocol(format!("{OFFSETS_TABLE}: {what}"));
+        let mut out: HashMap<(String, i32), StoredOffset> = HashMap::new();
+        for page in pages {
+            let col = |i: usize| page.column(i).clone();
+            let groups = col(0);
+            let groups = groups
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .ok_or_else(|| bad("consumer_group is not a string"))?;
+            let topics = col(1);
+            let topics = topics
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .ok_or_else(|| bad("topic is not a string"))?;
+            let parts = col(2);
+            let parts = parts
+                .as_any()
+                .downcast_ref::<arrow_array::Int32Array>()
+                .ok_or_else(|| bad("partition is not an int32"))?;
+            let nexts = col(3);
+            let nexts = nexts
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .ok_or_else(|| bad("next_offset is not an int64"))?;
+            let versions = col(4);
+            let versions = versions
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .ok_or_else(|| bad("version is not an int64"))?;
+            let ids = col(5);
+            let ids = ids
+                .as_any()
+                .downcast_ref::<arrow_array::UInt64Array>()
+                .ok_or_else(|| bad("$row_id is not a uint64"))?;
+            for r in 0..page.num_rows() {
+                if groups.is_null(r) || groups.value(r) != group || topics.is_null(r) {
+                    continue;
+                }
+                if topic.is_some_and(|t| t != topics.value(r))
+                    || parts.is_null(r)
+                    || nexts.is_null(r)
+                {
+                    continue;
+                }
+                let row = StoredOffset {
+                    row_id: ids.value(r),
+                    next: nexts.value(r),
+                    version: if versions.is_null(r) {
+                        0
+                    } else {
+                        versions.value(r)
+                    },
+                };
+                let key = (topics.value(r).to_string(), parts.value(r));
+                let e = out.entry(key).or_insert(row);
+                if row.next > e.next {
+                    *e = row;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inside `tx`: raise the stored offsets of `landing`'s partitions (absolute values, a
+    /// version each), updating the rows read in this transaction, inserting the missing.
+    fn write_offsets(
+        &self,
+        tx: TxId,
+        landing: &Landing,
+        stored: &HashMap<(String, i32), StoredOffset>,
+    ) -> Result<(), VastError> {
+        let layout = self.offsets_layout(tx)?;
+        let now = crate::model::now_micros();
+        let (mut upd, mut new) = (Vec::new(), Vec::new());
+        for &(p, _, next) in &landing.partitions {
+            match stored.get(&(landing.topic.clone(), p)) {
+                Some(s) if s.next >= next => {}
+                Some(s) => upd.push((s.row_id, next, s.version + 1)),
+                None => new.push((p, next)),
+            }
+        }
+        let ts = |n: usize| -> ArrayRef {
+            Arc::new(
+                arrow_array::TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"),
+            )
+        };
+        let text = |v: &str, n: usize| -> ArrayRef {
+            Arc::new(arrow_array::StringArray::from(vec![v; n]))
+        };
+        if !upd.is_empty() {
+            let n = upd.len();
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(arrow_array::UInt64Array::from_iter_values(
+                    upd.iter().map(|u| u.0),
+                )),
+                Arc::new(arrow_array::Int64Array::from_iter_values(
+                    upd.iter().map(|u| u.1),
+                )),
+                Arc::new(arrow_array::Int64Array::from_iter_values(
+                    upd.iter().map(|u| u.2),
+                )),
+                text(&self.writer, n),
+                ts(n),
+            ];
+            let mut fields = vec![Field::new(query::ROW_ID, DataType::UInt64, true)];
+            for name in ["next_offset", "version", "writer", "written_at"] {
+                fields.push(
+                    layout
+                        .field_with_name(name)
+                        .map_err(|e| VastError::Protocol(e.to_string()))?
+                        .clone(),
+                );
+            }
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| VastError::Protocol(e.to_string()))?;
+            self.client
+                .update(tx, &self.bucket, &self.schema, OFFSETS_TABLE, &batch)?;
+        }
+        if !new.is_empty() {
+            let n = new.len();
+            let columns: Vec<ArrayRef> = vec![
+                text(&landing.group, n),
+                text(&landing.topic, n),
+                Arc::new(arrow_array::Int32Array::from_iter_values(
+                    new.iter().map(|x| x.0),
+                )),
+                Arc::new(arrow_array::Int64Array::from_iter_values(
+                    new.iter().map(|x| x.1),
+                )),
+                Arc::new(arrow_array::Int64Array::from(vec![1i64; n])),
+                text(&self.writer, n),
+                ts(n),
+            ];
+            let batch = RecordBatch::try_new(Arc::new(offsets_schema()), columns)
+                .map_err(|e| VastError::Protocol(e.to_string()))?;
+            let batch = conform(&batch, &layout, OFFSETS_TABLE)?;
+            self.client
+                .insert(tx, &self.bucket, &self.schema, OFFSETS_TABLE, &batch)?;
+        }
+        Ok(())
+    }
+
+    /// The stored offsets of `group`: `(topic, partition, next)`, sorted (for `check`).
+    pub fn stored_offsets(&self, group: &str) -> Result<Vec<(String, i32, i64)>, VastError> {
+        let tx = self.client.begin()?;
+        let result = self.read_offsets(tx, group, None);
+        let _ = self.client.rollback(tx);
+        let mut v: Vec<_> = result?
+            .into_iter()
+            .map(|((t, p), s)| (t, p, s.next))
+            .collect();
+        v.sort();
+        Ok(v)
     }
 
     fn write_tx(
@@ -357,40 +614,102 @@ impl VastSink {
 }
 
 impl Sink for VastSink {
-    // Offsets are not stored with the rows yet (`stores_offsets` is false): the landing is
-    // never given.
     fn write(
         &self,
         batches: &[(Table, RecordBatch)],
-        _landing: Option<&Landing>,
+        landing: Option<&Landing>,
     ) -> Result<(), SinkError> {
         let tx = self.client.begin().map_err(classify)?;
-        let result = self.write_tx(tx, batches);
-        let layouts = match result {
-            Ok(l) => l,
+        let result = (|| {
+            let Some(landing) = landing else {
+                return self.write_tx(tx, batches).map(|l| Some((l, None)));
+            };
+            let stored = self.read_offsets(tx, &landing.group, Some(&landing.topic))?;
+            let next: HashMap<i32, i64> = stored.iter().map(|((_, p), s)| (*p, s.next)).collect();
+            let owned;
+            let batches = match landing.overlap(&next) {
+                // Landed already (a retry after an uncertain commit, a zombie's repeat).
+                super::Overlap::All => return Ok(None),
+                super::Overlap::None => batches,
+                super::Overlap::Some(landed) => match crate::batch::drop_landed(batches, &landed) {
+                    Some(kept) => {
+                        tracing::info!(topic = %landing.topic, partitions = ?landed, "vast: part of this flush landed already; the rest written");
+                        owned = kept;
+                        &owned
+                    }
+                    None => {
+                        tracing::warn!(topic = %landing.topic, "vast: part of this flush landed already, but its rows carry no source offsets to leave it out; written again");
+                        batches
+                    }
+                },
+            };
+            let layouts = self.write_tx(tx, batches)?;
+            self.write_offsets(tx, landing, &stored)?;
+            let offsets = self.offsets_layout(tx)?;
+            Ok(Some((layouts, Some(offsets))))
+        })();
+        let (layouts, offsets) = match result {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                tracing::debug!("vast: this flush landed already; nothing written");
+                let _ = self.client.rollback(tx);
+                return Ok(());
+            }
             Err(e) => {
                 // Nothing of this transaction becomes visible; forget layouts it may have changed.
                 let _ = self.client.rollback(tx);
                 self.ready.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                *self.offsets_ready.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return Err(classify(e));
             }
         };
         match self.client.commit(tx) {
             Ok(()) => {
                 *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = layouts;
+                if offsets.is_some() {
+                    *self.offsets_ready.lock().unwrap_or_else(|p| p.into_inner()) = offsets;
+                }
                 Ok(())
             }
             Err(e) => {
                 // A failed commit (a 409, a 5xx) leaves the transaction open on the server:
                 // roll it back (best effort, one request within the client's timeouts; a
                 // commit that did apply answers the rollback with an error, ignored). A
-                // commit whose answer was lost may have been applied: redoing the flush can
-                // duplicate rows, which `id` de-duplicates (at-least-once).
+                // commit whose answer was lost may have been applied: with offsets the retry
+                // reads them in its own transaction and writes nothing twice; without (at
+                // least once) redoing the flush can duplicate rows, which `id` de-duplicates.
                 let _ = self.client.rollback(tx);
                 self.ready.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                *self.offsets_ready.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Err(classify(e))
             }
         }
+    }
+
+    fn stores_offsets(&self) -> bool {
+        true
+    }
+
+    fn landed(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), i64>, SinkError> {
+        let tx = self.client.begin().map_err(classify)?;
+        let result = self.read_offsets(tx, group, None);
+        // A read: nothing to commit, except a created offsets table (kept for next time).
+        let done = match &result {
+            Ok(_) => self.client.commit(tx),
+            Err(_) => self.client.rollback(tx),
+        };
+        let stored = result.map_err(classify)?;
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "vast: ending the read of the offsets failed");
+        }
+        Ok(partitions
+            .iter()
+            .filter_map(|tp| stored.get(tp).map(|s| (tp.clone(), s.next)))
+            .collect())
     }
 
     fn name(&self) -> &'static str {

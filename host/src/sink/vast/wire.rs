@@ -107,6 +107,26 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// A table field (a union's value too), `None` when absent.
+    pub fn table(&self, slot: usize) -> Result<Option<Table<'a>>, FlatbufferError> {
+        match self.field(slot)? {
+            Some(at) => Table::at(self.buf, self.deref(at)?).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A u8 field (0 when absent).
+    pub fn u8(&self, slot: usize) -> Result<u8, FlatbufferError> {
+        match self.field(slot)? {
+            Some(at) => self
+                .buf
+                .get(at)
+                .copied()
+                .ok_or_else(|| FlatbufferError(format!("u8 at {at} out of bounds"))),
+            None => Ok(0),
+        }
+    }
+
     /// A vector-of-tables field (empty when absent).
     pub fn tables(&self, slot: usize) -> Result<Vec<Table<'a>>, FlatbufferError> {
         let Some(at) = self.field(slot)? else {
