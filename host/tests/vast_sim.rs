@@ -551,6 +551,13 @@ fn offsets_land_in_the_rows_transaction_and_a_repeat_writes_nothing() {
         sink.stored_offsets("g").unwrap(),
         [("raw-logs".to_string(), 0, 5)]
     );
+    // A recreated topic: the stored offset is lowered, and its new records land.
+    sink.reset_offsets("g", &[(("raw-logs".to_string(), 0), 0)])
+        .unwrap();
+    assert_eq!(landed(&sink), Some(0));
+    sink.write(&events_at(0, 1), Some(&landing(0, 1))).unwrap();
+    assert_eq!(ids(&sim, "events").len(), 6);
+    assert_eq!(landed(&sink), Some(1));
     assert_eq!(sim.open_transactions(), 0);
 }
 

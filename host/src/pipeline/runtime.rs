@@ -47,6 +47,12 @@ pub enum RuntimeError {
     ShutdownTimeout(Duration),
     #[error("cannot start a worker thread: {0}")]
     Spawn(#[source] Arc<std::io::Error>),
+    /// A recreated topic's stale stored offsets could not be lowered: going on would take
+    /// the new records' rows for landed ones.
+    #[error(
+        "the offsets stored with the rows are past a recreated topic's end and could not be lowered: {0}"
+    )]
+    StaleOffsets(#[source] Arc<crate::sink::SinkError>),
 }
 
 /// How the runtime is sized (from `[runtime]`, [`RuntimeOptions::from_config`]).

@@ -171,6 +171,16 @@ pub trait Sink: Send + Sync {
     ) -> Result<HashMap<(String, i32), i64>, SinkError> {
         Ok(HashMap::new())
     }
+    /// Set the stored next offsets of `partitions` of `group` to these values, lower ones
+    /// included: the partition's log no longer reaches what was stored (the topic was
+    /// recreated or truncated), so what is stored belongs to records that are gone.
+    fn reset_offsets(
+        &self,
+        _group: &str,
+        _partitions: &[((String, i32), i64)],
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Is the sink reachable and writable right now? (for `/readyz`; must be cheap)
     fn check(&self) -> Result<(), SinkError> {
         Ok(())

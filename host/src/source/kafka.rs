@@ -298,6 +298,40 @@ impl Ctx {
                 TopicPartitionList::new()
             }
         };
+        // What is stored past the partition's end belongs to records that are gone (the
+        // topic was recreated or truncated): Kafka treats such a position as out of range,
+        // and so does this; the stored offset is lowered to the log's start.
+        let mut stale = Vec::new();
+        let mut landed = landed;
+        for (tp, next) in landed.iter_mut() {
+            match consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10)) {
+                Ok((low, high)) if *next > high => {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, stored = *next, log_end = high, "the offset stored with the rows is past the end of the partition (recreated or truncated topic): starting from Kafka's position instead");
+                    stale.push((tp.clone(), low.max(0)));
+                    *next = i64::MIN;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(topic = %tp.0, partition = tp.1, error = %e, "cannot read the partition's end offset");
+                }
+            }
+        }
+        landed.retain(|_, n| *n != i64::MIN);
+        if !stale.is_empty() {
+            let mut result = sink.reset_offsets(group, &stale);
+            for attempt in 0..3u32 {
+                let Err(e) = &result else { break };
+                tracing::warn!(error = %e, attempt, "cannot lower the stale offsets stored with the rows; retrying");
+                std::thread::sleep(Duration::from_millis(500 << attempt));
+                result = sink.reset_offsets(group, &stale);
+            }
+            if let Err(e) = result {
+                // Stop rather than drop the new records' rows as landed.
+                self.shared
+                    .runtime
+                    .fail(RuntimeError::StaleOffsets(Arc::new(e)));
+            }
+        }
         let mut ahead = TopicPartitionList::new();
         for (tp, next) in landed {
             let kafka = committed

@@ -225,6 +225,30 @@ impl Journal {
         Ok(out)
     }
 
+    /// Store `next` for `partition` as it is, lower than before included (see
+    /// `Sink::reset_offsets`), after rolling forward what is committed for it.
+    pub fn reset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        next: i64,
+    ) -> Result<(), SinkFailure> {
+        self.resolve(group, topic, &HashSet::from([partition]))?;
+        let s = Stored {
+            next,
+            pid: std::process::id(),
+            written_at_us: crate::model::now_micros(),
+        };
+        let bytes = serde_json::to_vec(&s).expect("an offset serializes");
+        self.replace(
+            &self
+                .offsets_dir(group, topic)
+                .join(format!("{partition}.json")),
+            &bytes,
+        )
+    }
+
     /// Commit a flush whose files are complete under their temp names: after this returns
     /// the flush lands, whatever happens to this process.
     pub fn begin(&self, intent: &Intent) -> Result<PathBuf, SinkFailure> {

@@ -180,6 +180,12 @@ impl ParquetSink {
         batches: &[(Table, RecordBatch)],
         landing: &Landing,
     ) -> Result<(), SinkFailure> {
+        // A data directory that is not one fails here, with its own path.
+        std::fs::create_dir_all(&self.dir).map_err(|source| SinkFailure::Io {
+            action: "cannot create",
+            path: self.dir.clone(),
+            source,
+        })?;
         let parts: HashSet<i32> = landing.partitions.iter().map(|&(p, ..)| p).collect();
         // A flush committed but not applied (its writer died, or its apply failed) lands
         // first, so the offsets read next are true.
@@ -318,6 +324,19 @@ impl Sink for ParquetSink {
 
     fn stores_offsets(&self) -> bool {
         true
+    }
+
+    fn reset_offsets(
+        &self,
+        group: &str,
+        partitions: &[((String, i32), i64)],
+    ) -> Result<(), SinkError> {
+        for ((topic, p), next) in partitions {
+            self.journal
+                .reset(group, topic, *p, *next)
+                .map_err(|e| SinkError::retry("parquet", e))?;
+        }
+        Ok(())
     }
 
     fn landed(
@@ -562,6 +581,12 @@ mod tests {
         assert_eq!(sink.landed("g", &asked).unwrap()[&("t".to_string(), 0)], 5);
         // Another group has its own offsets.
         assert!(sink.landed("other", &asked).unwrap().is_empty());
+        // A reset lowers what is stored (the topic was recreated).
+        sink.reset_offsets("g", &[(("t".to_string(), 0), 0)])
+            .unwrap();
+        assert_eq!(sink.landed("g", &asked).unwrap()[&("t".to_string(), 0)], 0);
+        sink.write(&events(0..2), Some(&landing(0, 2))).unwrap();
+        assert_eq!(sink.landed("g", &asked).unwrap()[&("t".to_string(), 0)], 2);
         // Each file names its offset ranges in its metadata.
         let day = dir
             .path()

@@ -690,6 +690,56 @@ impl Sink for VastSink {
         true
     }
 
+    fn reset_offsets(
+        &self,
+        group: &str,
+        partitions: &[((String, i32), i64)],
+    ) -> Result<(), SinkError> {
+        let tx = self.client.begin().map_err(classify)?;
+        let result = (|| {
+            let stored = self.read_offsets(tx, group, None)?;
+            let layout = self.offsets_layout(tx)?;
+            let rows: Vec<(u64, i64, i64)> = partitions
+                .iter()
+                .filter_map(|(tp, next)| stored.get(tp).map(|s| (s.row_id, *next, s.version + 1)))
+                .collect();
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut fields = vec![Field::new(query::ROW_ID, DataType::UInt64, true)];
+            for name in ["next_offset", "version"] {
+                fields.push(
+                    layout
+                        .field_with_name(name)
+                        .map_err(|e| VastError::Protocol(e.to_string()))?
+                        .clone(),
+                );
+            }
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(arrow_array::UInt64Array::from_iter_values(
+                    rows.iter().map(|r| r.0),
+                )),
+                Arc::new(arrow_array::Int64Array::from_iter_values(
+                    rows.iter().map(|r| r.1),
+                )),
+                Arc::new(arrow_array::Int64Array::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
+            ];
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| VastError::Protocol(e.to_string()))?;
+            self.client
+                .update(tx, &self.bucket, &self.schema, OFFSETS_TABLE, &batch)
+        })();
+        match result.and_then(|()| self.client.commit(tx)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.client.rollback(tx);
+                Err(classify(e))
+            }
+        }
+    }
+
     fn landed(
         &self,
         group: &str,
