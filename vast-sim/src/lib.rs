@@ -225,6 +225,7 @@ impl Simulator {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
+                    let _ = conn.set_nodelay(true);
                     let (s3, o3) = (s2.clone(), opts.clone());
                     let _ = std::thread::Builder::new()
                         .name("vast-sim-conn".into())
@@ -443,8 +444,11 @@ fn write_reply(w: &mut impl Write, server: &str, r: &Reply) -> std::io::Result<(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    w.write_all(head.as_bytes())?;
-    w.write_all(&r.body)?;
+    // One write: a head and a body in two small segments waited for the client's delayed
+    // ACK (Nagle), 40 ms per answer.
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&r.body);
+    w.write_all(&out)?;
     w.flush()
 }
 
