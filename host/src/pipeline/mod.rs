@@ -4,6 +4,7 @@
 //! their dead letters, and only then advances the [`DeliveredOffsets`], which the source's
 //! [`Committer`] commits (Kafka's; file replay commits nothing).
 
+pub mod letters;
 pub mod offsets;
 pub mod runtime;
 
@@ -33,6 +34,8 @@ pub struct PipelineSpec {
     pub live: Arc<LiveTransform>,
     /// The `.wasm` file the transform was loaded from (watched for hot reload), if any.
     pub file: Option<std::path::PathBuf>,
+    /// Its dead letters in the log (summarized, shared by the workers).
+    pub letters: Arc<letters::LetterLog>,
 }
 
 impl PipelineSpec {
@@ -54,6 +57,7 @@ impl PipelineSpec {
             batch,
             live,
             file: None,
+            letters: Arc::default(),
         }
     }
 }

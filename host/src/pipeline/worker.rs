@@ -365,7 +365,11 @@ impl Worker {
                 MessageResult::Fail(error) => {
                     dead += 1;
                     pm.dead_letter("fail");
-                    tracing::info!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered");
+                    tracing::debug!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered");
+                    let at = || format!("{}/{}/{}", m.topic, m.partition, m.offset);
+                    if spec.letters.note("fail", at, error).is_some() {
+                        tracing::info!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %error, "record rejected by the transform; dead-lettered (more are summarized every 10 s)");
+                    }
                     state.letter_bytes += m.footprint() + error.len();
                     state.letters.push(dead_letter(
                         spec,
@@ -380,8 +384,12 @@ impl Worker {
                     dead += 1;
                     let class = if e.is_trap() { "trap" } else { "contract" };
                     pm.dead_letter(class);
-                    tracing::warn!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %e, "record could not be transformed; dead-lettered");
+                    tracing::debug!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %e, "record could not be transformed; dead-lettered");
                     let error = e.to_string();
+                    let at = || format!("{}/{}/{}", m.topic, m.partition, m.offset);
+                    if spec.letters.note(class, at, &error).is_some() {
+                        tracing::warn!(pipeline = %spec.name, topic = %m.topic, partition = m.partition, offset = m.offset, transform = version, error = %e, "record could not be transformed; dead-lettered (more are summarized every 10 s)");
+                    }
                     state.letter_bytes += m.footprint() + error.len();
                     state
                         .letters
@@ -456,7 +464,24 @@ impl Worker {
         for i in 0..self.specs.len() {
             self.flush(i, reason)?;
         }
+        self.summarize_letters(matches!(reason, FlushReason::Shutdown));
         Ok(())
+    }
+
+    /// The pipelines' dead-letter summaries that are due (all of them with `force`).
+    fn summarize_letters(&self, force: bool) {
+        for spec in self.specs.iter() {
+            if let Some(super::letters::Line::Summary {
+                total,
+                by_reason,
+                first_at,
+                first_error,
+                seconds,
+            }) = spec.letters.due(force)
+            {
+                tracing::info!(pipeline = %spec.name, dead_letters = total, by_reason = %by_reason, seconds, first = %first_at, first_error = %first_error, "records dead-lettered");
+            }
+        }
     }
 
     /// Write the pipeline's rows and dead letters durably, then advance its offsets.
@@ -625,6 +650,7 @@ impl Worker {
             }
             self.run_group(&mut group)?;
             self.flush_due()?;
+            self.summarize_letters(false);
         }
     }
 

@@ -218,24 +218,7 @@ impl DeadLetterWriter {
     fn producer(&mut self) -> Result<&BaseProducer<DeliveryTracker>, DeadLetterError> {
         if self.producer.is_none() {
             let k = self.kafka.as_ref().ok_or(DeadLetterError::NoKafka)?;
-            let mut cfg = ClientConfig::new();
-            for (key, v) in &k.properties {
-                cfg.set(key, v);
-            }
-            // Consumer-only properties would make the producer warn; drop the common ones.
-            for p in [
-                "auto.offset.reset",
-                "session.timeout.ms",
-                "max.poll.interval.ms",
-                "group.instance.id",
-            ] {
-                cfg.remove(p);
-            }
-            cfg.set("bootstrap.servers", &k.bootstrap_servers)
-                .set("acks", "all")
-                .set("message.timeout.ms", "30000")
-                .set("linger.ms", "5");
-            let p = cfg
+            let p = producer_config(k)
                 .create_with_context(DeliveryTracker::default())
                 .map_err(DeadLetterError::Producer)?;
             self.producer = Some(p);
@@ -448,9 +431,88 @@ pub fn read_dead_letter_files(data_dir: &std::path::Path) -> Vec<serde_json::Val
         .collect()
 }
 
+/// librdkafka's consumer-only properties (the `C` rows of its CONFIGURATION.md, 2.12):
+/// `[kafka.properties]` serves the consumer and the dead-letter producer, and a producer
+/// given one of these warns (`CONFWARN ... is a consumer property and will be ignored`).
+pub const CONSUMER_ONLY: &[&str] = &[
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+    "check.crcs",
+    "consume.callback.max.messages",
+    "consume_cb",
+    "coordinator.query.interval.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "fetch.error.backoff.ms",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "fetch.min.bytes",
+    "fetch.queue.backoff.ms",
+    "fetch.wait.max.ms",
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "max.partition.fetch.bytes",
+    "max.poll.interval.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "offset_commit_cb",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "rebalance_cb",
+    "session.timeout.ms",
+];
+
+/// The dead-letter producer's configuration: `[kafka.properties]` without the consumer-only
+/// ones (security settings and the rest carry over), then its own delivery settings.
+pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    for (key, v) in &k.properties {
+        if !CONSUMER_ONLY.contains(&key.as_str()) {
+            cfg.set(key, v);
+        }
+    }
+    cfg.set("bootstrap.servers", &k.bootstrap_servers)
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .set("linger.ms", "5");
+    cfg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_producer_gets_no_consumer_only_property() {
+        let mut k = KafkaConfig::default();
+        for (key, v) in [
+            ("fetch.wait.max.ms", "100"),
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+            ("auto.offset.reset", "earliest"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("security.protocol", "plaintext"),
+            ("message.max.bytes", "2000000"),
+        ] {
+            k.properties.insert(key.into(), v.into());
+        }
+        let cfg = producer_config(&k);
+        for key in CONSUMER_ONLY {
+            assert_eq!(cfg.get(key), None, "{key}");
+        }
+        assert_eq!(cfg.get("security.protocol"), Some("plaintext"));
+        assert_eq!(cfg.get("message.max.bytes"), Some("2000000"));
+        assert_eq!(cfg.get("acks"), Some("all"));
+    }
 
     fn letter() -> DeadLetter {
         DeadLetter {
