@@ -406,9 +406,16 @@ pub struct CheckArgs {
 
 /// Exactly once: the offsets stored with the rows per partition, next to Kafka's committed
 /// offsets (informational: a broker that cannot be reached does not fail the check).
-fn print_stored_offsets(config: &Config, stored: Result<Vec<(String, i32, i64)>, String>) {
+fn print_delivery(
+    config: &Config,
+    stored: impl FnOnce(&str) -> Result<Vec<(String, i32, i64)>, String>,
+) {
+    if config.runtime.delivery != crate::config::Delivery::ExactlyOnce {
+        println!("delivery: at least once (runtime.delivery)");
+        return;
+    }
     let group = &config.kafka.group_id;
-    let stored = match stored {
+    let stored = match stored(group) {
         Ok(s) => s,
         Err(e) => {
             println!("delivery: exactly once (group {group}): ERROR reading stored offsets: {e}");
@@ -473,15 +480,9 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
                     println!("sink parquet: ERROR {e}");
                 }
             }
-            if config.runtime.delivery == crate::config::Delivery::ExactlyOnce {
-                let group = &config.kafka.group_id;
-                print_stored_offsets(
-                    &config,
-                    sink.stored_offsets(group).map_err(|e| e.to_string()),
-                );
-            } else {
-                println!("delivery: at least once (runtime.delivery)");
-            }
+            print_delivery(&config, |g| {
+                sink.stored_offsets(g).map_err(|e| e.to_string())
+            });
         }
         SinkConfig::Vast(v) => {
             let conn = Connection::from_config(v, &config.base_dir)?;
@@ -533,15 +534,9 @@ pub fn check(args: &CheckArgs, cache: Option<PathBuf>) -> anyhow::Result<ExitCod
                             }
                         }
                     }
-                    if config.runtime.delivery == crate::config::Delivery::ExactlyOnce {
-                        let group = &config.kafka.group_id;
-                        print_stored_offsets(
-                            &config,
-                            sink.stored_offsets(group).map_err(|e| e.to_string()),
-                        );
-                    } else {
-                        println!("delivery: at least once (runtime.delivery)");
-                    }
+                    print_delivery(&config, |g| {
+                        sink.stored_offsets(g).map_err(|e| e.to_string())
+                    });
                 }
             }
         }

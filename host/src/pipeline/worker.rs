@@ -315,14 +315,19 @@ impl Worker {
         let version = &*lineage_label;
         let generation = state.generation;
         let mut fallback = spec.live.observe(generation, msgs, processed.results());
-        let failed: Vec<usize> = processed
-            .results()
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(r, MessageResult::Fail(_) | MessageResult::Error(_)))
-            .map(|(i, _)| i)
-            .collect();
-        if fallback.is_none() && !failed.is_empty() && spec.live.generation() != generation {
+        // Only when the version changed under this batch (rare): no work per batch otherwise.
+        let failed: Vec<usize> = if fallback.is_none() && spec.live.generation() != generation {
+            processed
+                .results()
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| matches!(r, MessageResult::Fail(_) | MessageResult::Error(_)))
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !failed.is_empty() {
             // The version was replaced (or rolled back) while this batch ran on it: what it
             // failed gets a run on the version that runs now, which this worker switches to.
             let v = spec.live.current();

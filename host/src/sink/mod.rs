@@ -136,6 +136,35 @@ impl Landing {
         }
     }
 
+    /// What of `batches` is still to write given the `stored` next offsets: `None` when all
+    /// of it landed already (a retry after an uncertain write, a zombie's repeat); rows of
+    /// offsets that landed are left out. The one place both sinks decide it.
+    pub fn unlanded<'a>(
+        &self,
+        sink: &str,
+        batches: &'a [(Table, RecordBatch)],
+        stored: &HashMap<i32, i64>,
+    ) -> Option<std::borrow::Cow<'a, [(Table, RecordBatch)]>> {
+        use std::borrow::Cow;
+        match self.overlap(stored) {
+            Overlap::All => {
+                tracing::debug!(sink, topic = %self.topic, "this flush landed already; nothing written");
+                None
+            }
+            Overlap::None => Some(Cow::Borrowed(batches)),
+            Overlap::Some(landed) => match crate::batch::drop_landed(batches, &landed) {
+                Some(kept) => {
+                    tracing::info!(sink, topic = %self.topic, partitions = ?landed, "part of this flush landed already; the rest written");
+                    Some(Cow::Owned(kept))
+                }
+                None => {
+                    tracing::warn!(sink, topic = %self.topic, "part of this flush landed already, but its rows carry no source offsets to leave it out; written again");
+                    Some(Cow::Borrowed(batches))
+                }
+            },
+        }
+    }
+
     /// The stored next offset of each partition after this flush lands.
     pub fn after(&self, stored: &HashMap<i32, i64>) -> Vec<(i32, i64)> {
         self.partitions

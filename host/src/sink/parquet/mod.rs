@@ -6,7 +6,7 @@
 
 pub mod journal;
 
-use super::{Landing, Overlap, Sink, SinkError, SinkFailure};
+use super::{Landing, Sink, SinkError, SinkFailure};
 use crate::model::Table;
 use arrow_array::RecordBatch;
 use journal::{Intent, Journal};
@@ -194,24 +194,8 @@ impl ParquetSink {
         let stored = self
             .journal
             .stored(&landing.group, &landing.topic, parts.iter().copied())?;
-        let owned;
-        let batches = match landing.overlap(&stored) {
-            Overlap::All => {
-                tracing::debug!(topic = %landing.topic, "parquet: this flush landed already; nothing written");
-                return Ok(());
-            }
-            Overlap::None => batches,
-            Overlap::Some(landed) => match crate::batch::drop_landed(batches, &landed) {
-                Some(kept) => {
-                    tracing::info!(topic = %landing.topic, partitions = ?landed, "parquet: part of this flush landed already; the rest written");
-                    owned = kept;
-                    &owned
-                }
-                None => {
-                    tracing::warn!(topic = %landing.topic, "parquet: part of this flush landed already, but its rows carry no source offsets to leave it out; written again");
-                    batches
-                }
-            },
+        let Some(batches) = landing.unlanded("parquet", batches, &stored) else {
+            return Ok(());
         };
         let ranges = serde_json::json!({
             "group": landing.group,
@@ -436,31 +420,7 @@ mod tests {
     fn writes_readable_files_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let sink = ParquetSink::new(dir.path());
-        let mut b = TableBatcher::new(true);
-        for i in 0..3 {
-            b.push(
-                &Row::Event(Event {
-                    timestamp: Some(i),
-                    entity_id: "e".into(),
-                    event_type: "log".into(),
-                    source: "s".into(),
-                    environment: "p".into(),
-                    message: format!("m{i}"),
-                    tags: vec![],
-                    attributes: "{}".into(),
-                    trace_id: None,
-                    id: Some(format!("id{i}")),
-                    created_at: Some(0),
-                }),
-                &Lineage {
-                    topic: "t",
-                    partition: 0,
-                    offset: i,
-                    version: "v",
-                },
-            );
-        }
-        sink.write(&b.finish(), None).unwrap();
+        sink.write(&events(0..3), None).unwrap();
         let batches = read_table(dir.path(), Table::Events).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
         assert_eq!(

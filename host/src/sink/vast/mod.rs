@@ -626,24 +626,10 @@ impl Sink for VastSink {
             };
             let stored = self.read_offsets(tx, &landing.group, Some(&landing.topic))?;
             let next: HashMap<i32, i64> = stored.iter().map(|((_, p), s)| (*p, s.next)).collect();
-            let owned;
-            let batches = match landing.overlap(&next) {
-                // Landed already (a retry after an uncertain commit, a zombie's repeat).
-                super::Overlap::All => return Ok(None),
-                super::Overlap::None => batches,
-                super::Overlap::Some(landed) => match crate::batch::drop_landed(batches, &landed) {
-                    Some(kept) => {
-                        tracing::info!(topic = %landing.topic, partitions = ?landed, "vast: part of this flush landed already; the rest written");
-                        owned = kept;
-                        &owned
-                    }
-                    None => {
-                        tracing::warn!(topic = %landing.topic, "vast: part of this flush landed already, but its rows carry no source offsets to leave it out; written again");
-                        batches
-                    }
-                },
+            let Some(batches) = landing.unlanded("vast", batches, &next) else {
+                return Ok(None);
             };
-            let layouts = self.write_tx(tx, batches)?;
+            let layouts = self.write_tx(tx, &batches)?;
             self.write_offsets(tx, landing, &stored)?;
             let offsets = self.offsets_layout(tx)?;
             Ok(Some((layouts, Some(offsets))))
